@@ -1,0 +1,164 @@
+"""Group records into batches: by arrival order, by message key, or by a record attribute.
+
+A batch closes when it holds ``max_records``, when one more record would pass
+``max_bytes``, when a record repeats an id already in it (Clari rejects a request that
+holds the same id twice, and the later record must follow the earlier one), or when it
+has lingered ``linger_s`` since its first record.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sink.decoding import RecordError, lookup
+from sink.records import Batch, SinkRecord
+
+GroupOf = Callable[[SinkRecord], str]
+
+
+def grouping_function(grouping: str, attribute: str | None) -> GroupOf:
+    if grouping == "size":
+        return lambda record: ""
+    if grouping == "key":
+        return lambda record: "" if record.key is None else record.key.decode("utf-8", "replace")
+    if grouping == "attribute" and attribute:
+
+        def by_attribute(record: SinkRecord) -> str:
+            value = lookup(record.data, attribute)
+            if value is None or isinstance(value, dict | list):
+                raise RecordError(
+                    "missing-group-attribute",
+                    f"the record has no scalar value at '{attribute}' (BATCH_GROUP_ATTRIBUTE)",
+                )
+            return str(value)
+
+        return by_attribute
+    raise ValueError(f"unknown grouping {grouping!r}")
+
+
+class _Open:
+    __slots__ = ("batch", "ids")
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.ids: set[Any] = set()
+
+
+class Batcher:
+    def __init__(
+        self,
+        *,
+        max_records: int,
+        max_bytes: int,
+        linger_s: float,
+        group_of: GroupOf,
+        id_field: str | None = "id",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.linger_s = linger_s
+        self.group_of = group_of
+        self.id_field = id_field
+        self.clock = clock
+        self._open: dict[str, _Open] = {}  # insertion order = age order
+        self.buffered_records = 0
+        self.buffered_bytes = 0
+
+    def add(self, record: SinkRecord) -> list[Batch]:
+        """Add a record; return the batches this closed (possibly none)."""
+        record.group = self.group_of(record)
+        size = record.nbytes
+        if size > self.max_bytes:
+            raise RecordError(
+                "record-too-large", f"{size} bytes encoded, over BATCH_MAX_BYTES={self.max_bytes}"
+            )
+        closed: list[Batch] = []
+        current = self._open.get(record.group)
+        rid = record.data.get(self.id_field) if self.id_field and record.data else None
+        if current is not None and (
+            current.batch.nbytes + size > self.max_bytes
+            or (rid is not None and _hashable(rid) in current.ids)
+        ):
+            closed.append(self._close(record.group))
+            current = None
+        if current is None:
+            current = self._new(record.group)
+        batch = current.batch
+        batch.records.append(record)
+        batch.nbytes += size
+        if rid is not None:
+            current.ids.add(_hashable(rid))
+        self.buffered_records += 1
+        self.buffered_bytes += size
+        if len(batch.records) >= self.max_records:
+            closed.append(self._close(record.group))
+        return closed
+
+    def due(self) -> list[Batch]:
+        """Batches whose linger time has passed."""
+        now = self.clock()
+        ready = [g for g, o in self._open.items() if now - o.batch.opened_at >= self.linger_s]
+        return [self._close(g) for g in ready]
+
+    def flush(self, keep: Callable[[Batch], bool] | None = None) -> list[Batch]:
+        """Close every open batch (or those ``keep`` selects) regardless of linger."""
+        groups = [g for g, o in self._open.items() if keep is None or keep(o.batch)]
+        return [self._close(g) for g in groups]
+
+    def drop(self, partitions: set[tuple[str, int]]) -> int:
+        """Forget buffered records of revoked partitions: their new owner consumes them again."""
+        dropped = 0
+        for group in list(self._open):
+            opened = self._open[group]
+            batch = opened.batch
+            kept = [r for r in batch.records if (r.topic, r.partition) not in partitions]
+            gone = len(batch.records) - len(kept)
+            if not gone:
+                continue
+            dropped += gone
+            self.buffered_records -= gone
+            self.buffered_bytes -= batch.nbytes
+            batch.records = kept
+            batch.nbytes = sum(r.nbytes for r in kept)
+            self.buffered_bytes += batch.nbytes
+            opened.ids = {
+                _hashable(r.data.get(self.id_field))
+                for r in kept
+                if self.id_field and r.data and r.data.get(self.id_field) is not None
+            }
+            if not kept:
+                del self._open[group]
+        return dropped
+
+    def next_deadline(self) -> float | None:
+        """When the oldest open batch is due (monotonic seconds), or None if nothing is open."""
+        if not self._open:
+            return None
+        oldest = min(o.batch.opened_at for o in self._open.values())
+        return oldest + self.linger_s
+
+    @property
+    def open_batches(self) -> int:
+        return len(self._open)
+
+    def _new(self, group: str) -> _Open:
+        opened = _Open(Batch(id="", group=group, opened_at=self.clock()))
+        self._open[group] = opened
+        return opened
+
+    def _close(self, group: str) -> Batch:
+        opened = self._open.pop(group)
+        batch = opened.batch
+        first = batch.records[0]
+        # Named after its first record: a reader can find it in Kafka from the id alone.
+        batch.id = f"{first.topic}-{first.partition}-{first.offset}-n{len(batch.records)}"
+        self.buffered_records -= len(batch.records)
+        self.buffered_bytes -= batch.nbytes
+        return batch
+
+
+def _hashable(value: Any) -> Any:
+    return value if isinstance(value, str | int | float | bool) else repr(value)

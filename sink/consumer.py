@@ -1,0 +1,174 @@
+"""The Kafka consumer, driven from asyncio through one dedicated thread.
+
+librdkafka calls block, so every consumer call runs on a single worker thread: calls are
+serialised, the event loop never blocks, and rebalance callbacks (served inside
+``consume``) run on that thread too, where they may block while the loop finishes work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from sink.config import Settings
+
+log = logging.getLogger(__name__)
+TP = tuple[str, int]
+RebalanceHook = Callable[[list[TP]], None]
+
+
+def consumer_config(
+    settings: Settings, error_cb: Callable[[KafkaError], None] | None = None, group: bool = True
+) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        **settings.kafka_common(),
+        "group.id": settings.kafka_group_id,
+        "enable.auto.commit": False,
+        # Offsets are stored and committed by the sink itself, only once resolved.
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": settings.kafka_auto_offset_reset,
+        "partition.assignment.strategy": settings.kafka_assignment_strategy,
+        "session.timeout.ms": settings.kafka_session_timeout_ms,
+        "max.poll.interval.ms": settings.kafka_max_poll_interval_ms,
+        "client.id": "clari-sink",
+        # Bound librdkafka's own prefetch so memory follows SINK_MAX_BUFFERED_BYTES.
+        "queued.max.messages.kbytes": 16_384,
+    }
+    if error_cb is not None:
+        conf["error_cb"] = error_cb
+    if not group:
+        conf["group.id"] = f"{settings.kafka_group_id}.sample"
+    return conf
+
+
+class KafkaSource:
+    def __init__(self, settings: Settings, error_cb: Callable[[KafkaError], None]) -> None:
+        self.settings = settings
+        self.cooperative = settings.kafka_assignment_strategy == "cooperative-sticky"
+        self._consumer = Consumer(consumer_config(settings, error_cb))
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka")
+        self.assignment: set[TP] = set()
+        self.paused: set[TP] = set()
+        self.pause_new = False  # pause partitions as soon as they are assigned (inactive)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, lambda: fn(*args, **kwargs))
+
+    def subscribe(
+        self, on_assign: RebalanceHook, on_revoke: RebalanceHook, on_lost: RebalanceHook
+    ) -> None:
+        def assigned(consumer: Consumer, parts: list[TopicPartition]) -> None:
+            tps = [(p.topic, p.partition) for p in parts]
+            if self.cooperative:
+                consumer.incremental_assign(parts)
+            else:
+                consumer.assign(parts)
+            self.assignment.update(tps)
+            if self.pause_new and parts:
+                consumer.pause(parts)
+                self.paused.update(tps)
+            on_assign(tps)
+
+        def revoked(consumer: Consumer, parts: list[TopicPartition]) -> None:
+            tps = [(p.topic, p.partition) for p in parts]
+            on_revoke(tps)
+            self._drop(consumer, parts, tps)
+
+        def lost(consumer: Consumer, parts: list[TopicPartition]) -> None:
+            tps = [(p.topic, p.partition) for p in parts]
+            on_lost(tps)
+            self._drop(consumer, parts, tps)
+
+        self._consumer.subscribe(
+            self.settings.kafka_topics, on_assign=assigned, on_revoke=revoked, on_lost=lost
+        )
+
+    def _drop(self, consumer: Consumer, parts: list[TopicPartition], tps: list[TP]) -> None:
+        if self.cooperative:
+            consumer.incremental_unassign(parts)
+        else:
+            consumer.unassign()
+        self.assignment.difference_update(tps)
+        self.paused.difference_update(tps)
+
+    async def consume(self, max_messages: int, timeout_s: float) -> list[Message]:
+        msgs: list[Message] = await self._call(self._consumer.consume, max_messages, timeout_s)
+        return msgs
+
+    def commit_now(self, positions: dict[TP, int]) -> None:
+        """Synchronous commit, for the kafka thread itself (rebalance callbacks)."""
+        if positions:
+            self._consumer.commit(offsets=_tps(positions), asynchronous=False)
+
+    async def commit(self, positions: dict[TP, int]) -> None:
+        await self._call(self.commit_now, positions)
+
+    async def pause(self, tps: Iterable[TP]) -> None:
+        todo = [tp for tp in tps if tp in self.assignment and tp not in self.paused]
+        if todo:
+            await self._call(self._consumer.pause, [TopicPartition(t, p) for t, p in todo])
+            self.paused.update(todo)
+
+    async def resume(self, tps: Iterable[TP]) -> None:
+        todo = [tp for tp in tps if tp in self.paused]
+        if todo:
+            await self._call(self._consumer.resume, [TopicPartition(t, p) for t, p in todo])
+            self.paused.difference_update(todo)
+
+    def cached_high_watermark(self, tp: TP) -> int | None:
+        """The partition's end offset as of the last fetch (no broker round trip)."""
+        try:
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+        except KafkaException:
+            return None
+        return None if high < 0 else int(high)
+
+    async def end_offsets(self, tps: list[TP]) -> dict[TP, tuple[int, int]]:
+        def query() -> dict[TP, tuple[int, int]]:
+            out: dict[TP, tuple[int, int]] = {}
+            for tp in tps:
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(*tp), timeout=5)
+                out[tp] = (int(low), int(high))
+            return out
+
+        result: dict[TP, tuple[int, int]] = await self._call(query)
+        return result
+
+    async def committed(self, tps: list[TP]) -> dict[TP, int]:
+        def query() -> dict[TP, int]:
+            parts = self._consumer.committed([TopicPartition(*tp) for tp in tps], timeout=10)
+            return {
+                (p.topic, p.partition): (p.offset if p.offset != OFFSET_INVALID else -1)
+                for p in parts
+            }
+
+        result: dict[TP, int] = await self._call(query)
+        return result
+
+    async def close(self) -> None:
+        await self._call(self._consumer.close)
+        self._thread.shutdown(wait=True)
+
+
+def _tps(positions: dict[TP, int]) -> list[TopicPartition]:
+    return [TopicPartition(t, p, off) for (t, p), off in positions.items()]
+
+
+def is_fatal(err: KafkaError) -> bool:
+    return bool(err.fatal())
+
+
+__all__ = ["KafkaSource", "Message", "consumer_config", "is_fatal"]

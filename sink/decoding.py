@@ -1,0 +1,83 @@
+"""Decode a Kafka message's value and shape it into the record sent to the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from sink.records import SinkRecord
+
+
+class RecordError(Exception):
+    """A record that can never be sent; it goes to the dead-letter topic with this reason."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class Shaper:
+    """Decodes JSON values and drops excluded attributes (top level or dotted paths)."""
+
+    def __init__(self, exclude: list[str]) -> None:
+        self._top = {path for path in exclude if "." not in path}
+        self._nested = [path.split(".") for path in exclude if "." in path]
+
+    def shape(self, record: SinkRecord) -> None:
+        """Fill ``record.data`` and ``record.body``; raise RecordError if it cannot be sent."""
+        if record.value is None:
+            raise RecordError("null-value", "the message has no value (a tombstone)")
+        try:
+            data = orjson.loads(record.value)
+        except orjson.JSONDecodeError as exc:
+            raise RecordError("invalid-json", str(exc)) from None
+        if not isinstance(data, dict):
+            raise RecordError(
+                "not-an-object",
+                f"the value is a JSON {type(data).__name__}, a record must be a JSON object",
+            )
+        if self._top or self._nested:
+            data = self._exclude(data)
+            record.body = orjson.dumps(data)
+        else:
+            # Nothing to drop: the producer's bytes are already valid JSON for this record.
+            record.body = record.value
+        record.data = data
+
+    def _exclude(self, data: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in data.items() if k not in self._top}
+        for path in self._nested:
+            _drop_path(out, path)
+        return out
+
+
+def _drop_path(data: dict[str, Any], path: list[str]) -> None:
+    """Remove ``a.b.c`` from ``data`` without touching the caller's nested objects."""
+    head, rest = path[0], path[1:]
+    child = data.get(head)
+    if not rest:
+        data.pop(head, None)
+    elif isinstance(child, dict):
+        data[head] = dict(child)
+        _drop_path(data[head], rest)
+    elif isinstance(child, list):
+        # Arrays of objects (line items, contacts): drop the path from each element.
+        copies: list[Any] = []
+        for item in child:
+            if isinstance(item, dict):
+                item = dict(item)
+                _drop_path(item, rest)
+            copies.append(item)
+        data[head] = copies
+
+
+def lookup(data: dict[str, Any] | None, path: str) -> Any:
+    """The value at a dotted path, or None."""
+    node: Any = data
+    for part in path.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node

@@ -1,0 +1,409 @@
+"""Clari ingest API emulator (aiohttp): the published contract (part A of clari-api.md),
+the form the Nexla description shows (part B), and fault injection.
+
+API (as Clari):
+  POST /v2/ingest/entity/{entity}?mode=&isLastBatch=       upload, at most 100 records
+  POST /v2/ingest/bulk/entity/{entity}?mode=&isLastBatch=  multipart JSON file → 202 jobId
+  GET  /v2/ingest/job/{jobId}                               job status
+  POST /v1/ingest/entity/{entity}?mode=&isLastBatch=       part B: Bearer auth, JSON records
+  GET  /v1/ingest/job/{jobId}
+  *    /custom/{anything}                                   any method and content type: 200,
+                                                            kept in the request log (manual mode)
+Control (no auth):
+  GET /_emulator/records[?entity=]  GET /_emulator/requests  GET /_emulator/stats
+  GET|POST /_emulator/faults        POST /_emulator/reset    GET /_emulator/health
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from sink.emulator import contract as c
+from sink.emulator.state import EmulatorState, Job
+
+STATE: web.AppKey[EmulatorState] = web.AppKey("state", EmulatorState)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LOG_BODY_BYTES = 64 * 1024
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def _is_api(path: str) -> bool:
+    return path.startswith(("/v1/", "/v2/", "/custom/"))
+
+
+@web.middleware
+async def faults_and_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Log every API request; inject the configured faults before the real handler runs."""
+    state = request.app[STATE]
+    if not _is_api(request.path):
+        return await handler(request)
+    body = await request.read()
+    entry: dict[str, Any] = {
+        "time": time.time(),
+        "method": request.method,
+        "path": request.path,
+        "query": dict(request.query),
+        "headers": dict(request.headers),
+        "contentType": request.headers.get("Content-Type", ""),
+        "bytes": len(body),
+        "body": body[:LOG_BODY_BYTES].decode("utf-8", "replace"),
+    }
+    state.log_request(entry)
+    state.count("requests")
+    f = state.faults
+    if f.latency_ms or f.latency_jitter_ms:
+        await asyncio.sleep((f.latency_ms + state.rng.uniform(0, f.latency_jitter_ms)) / 1000)
+    roll = state.rng.random()
+    injected: int | None = None
+    if time.time() < f.down_until:
+        injected = 503
+    elif roll < f.reset_rate:
+        entry["status"] = "reset"
+        state.count("faults_reset")
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("emulator: injected connection reset")
+    elif roll < f.reset_rate + f.rate_429:
+        injected = 429
+    elif roll < f.reset_rate + f.rate_429 + f.rate_500:
+        injected = 500
+    elif roll < f.reset_rate + f.rate_429 + f.rate_500 + f.rate_503:
+        injected = 503
+    if injected is not None:
+        state.count(f"faults_{injected}")
+        entry["status"] = injected
+        headers = {"Retry-After": f"{f.retry_after_s:g}"} if f.retry_after_s is not None else None
+        if injected == 429:
+            return _json(c.RATE_LIMITED, 429, headers)
+        if injected == 500:
+            return _json([c.error("INTERNAL_SERVER_ERROR", "Internal server error")], 500)
+        return _json({"error": "Service Unavailable"}, 503, headers)
+    response = await handler(request)
+    entry["status"] = response.status
+    return response
+
+
+def _check_v2_auth(request: web.Request) -> web.Response | None:
+    state = request.app[STATE]
+    if request.headers.get("apikey") != state.api_token:
+        return _json(c.BAD_APIKEY, 401)
+    if request.headers.get("partnerkey") != state.partner_key:
+        return _json(c.bad_partner_key(), 401)
+    if state.over_rate(state.api_token):
+        return _json(c.RATE_LIMITED, 429)
+    return None
+
+
+def _check_v1_auth(request: web.Request) -> web.Response | None:
+    state = request.app[STATE]
+    auth = request.headers.get("Authorization", "")
+    token = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("apikey")
+    if token != state.api_token:
+        return _json(c.BAD_APIKEY, 401)
+    if state.over_rate(token):
+        return _json(c.RATE_LIMITED, 429)
+    return None
+
+
+def _entity(request: web.Request) -> tuple[str, web.Response | None]:
+    entity = request.match_info["entity"].lower()
+    if entity not in c.ENTITIES:
+        return entity, _json(
+            [c.error("SCHEMA_MISSING", f"Partner schema is not registered for entity {entity}")],
+            428,
+        )
+    return entity, None
+
+
+def _meta(request: web.Request, api: str, entity: str) -> dict[str, Any]:
+    q = request.query
+    return {
+        "api": api,
+        "entity": entity,
+        "mode": q.get("mode"),
+        "isLastBatch": q.get("isLastBatch", "true").lower() == "true",
+        "requestId": id(request),
+    }
+
+
+def _initial_errors(state: EmulatorState, entity: str, mode: str | None) -> list[dict[str, str]]:
+    if (mode or "").lower() == "initial" and entity in state.initial_done:
+        return [
+            c.error(
+                "INVALID_INPUT_FORMAT",
+                f"Initial load for {entity} has already finished; use incremental mode",
+            )
+        ]
+    return []
+
+
+def _after_accept(state: EmulatorState, entity: str, mode: str | None, is_last: bool) -> None:
+    if (mode or "").lower() == "initial" and is_last:
+        state.initial_done.add(entity)
+
+
+async def upload(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if (denied := _check_v2_auth(request)) is not None:
+        return denied
+    entity, missing = _entity(request)
+    if missing is not None:
+        return missing
+    mode = request.query.get("mode")
+    errors = c.check_query(mode, request.query.get("isLastBatch"), c.V2_MODES)
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return _json([c.error("INVALID_INPUT_FORMAT", "Request body is not valid JSON")], 400)
+    datasets, more = c.check_datasets(body, c.UPLOAD_MAX_RECORDS)
+    errors += more + _initial_errors(state, entity, mode)
+    if errors:
+        state.count("rejected_requests")
+        return _json(errors, 400)
+    meta = _meta(request, "v2-upload", entity)
+    state.accept(datasets, meta)
+    _after_accept(state, entity, mode, meta["isLastBatch"])
+    return web.Response(status=200)
+
+
+async def _bulk_file(request: web.Request) -> bytes | web.Response:
+    if not request.content_type.startswith("multipart/"):
+        return _json(
+            [c.error("INVALID_FILE_FORMAT", "Expected multipart/form-data with a JSON file")], 400
+        )
+    reader = await request.multipart()
+    part = await reader.next()
+    while part is not None and getattr(part, "filename", None) is None:
+        part = await reader.next()
+    if part is None:
+        return _json([c.error("INVALID_FILE_FORMAT", "No file part in the request")], 400)
+    data = await part.read()  # type: ignore[union-attr]
+    if len(data) > c.BULK_MAX_BYTES:
+        return _json([c.error("PAYLOAD_TOO_LARGE", "The file is larger than 10 MB")], 413)
+    return bytes(data)
+
+
+async def bulk(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if (denied := _check_v2_auth(request)) is not None:
+        return denied
+    entity, missing = _entity(request)
+    if missing is not None:
+        return missing
+    mode = request.query.get("mode")
+    errors = c.check_query(mode, request.query.get("isLastBatch"), c.V2_MODES)
+    if errors:
+        return _json(errors, 400)
+    data = await _bulk_file(request)
+    if isinstance(data, web.Response):
+        return data
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _json([c.error("INVALID_FILE_FORMAT", "The file is not valid JSON")], 400)
+    if state.active_jobs() >= state.max_active_jobs:
+        return _json([c.error("TOO_MANY_REQUESTS", "Too many concurrent bulk jobs")], 429)
+    # All-or-nothing: the job fails as a whole if any record is invalid.
+    datasets, job_errors = c.check_datasets(body, None)
+    job_errors += _initial_errors(state, entity, mode)
+    meta = _meta(request, "v2-bulk", entity)
+    job = state.new_job(
+        entity=entity,
+        mode=mode or "",
+        is_last=meta["isLastBatch"],
+        datasets=datasets,
+        errors=job_errors,
+        request=meta,
+    )
+    return _json({"jobId": job.id}, 202)
+
+
+def _settle(state: EmulatorState, job: Job) -> str:
+    status = job.state(state.job_queued_s, state.job_running_s)
+    if status == "SUCCESS" and not job.settled:
+        job.settled = True
+        state.accept(job.datasets, {**job.request, "jobId": job.id})
+        _after_accept(state, job.entity, job.mode, job.is_last)
+    return status
+
+
+async def job_status(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    check = _check_v2_auth if request.path.startswith("/v2/") else _check_v1_auth
+    if (denied := check(request)) is not None:
+        return denied
+    job = state.jobs.get(request.match_info["job_id"])
+    if job is None:
+        return _json(c.JOB_NOT_FOUND, 404)
+    status = _settle(state, job)
+    if status == "VALIDATION_ERROR":
+        return _json({"message": job.errors}, 400)
+    if status == "FAILED":
+        return _json({"message": c.JOB_FAILED}, 500)
+    started = job.submitted + state.job_queued_s
+    ended = started + state.job_running_s if status == "SUCCESS" else None
+    inner = {
+        "jobId": job.id,
+        "status": status,
+        "entity": job.entity,
+        "submittedTime": _iso(job.submitted),
+        "startTime": _iso(started) if status != "QUEUED" else None,
+        "endTime": _iso(ended) if ended else None,
+        "message": (
+            "Bulk ingestion job completed successfully"
+            if status == "SUCCESS"
+            else "Bulk ingestion job is in progress"
+        ),
+        "recordCount": sum(len(ds.get("records", [])) for ds in job.datasets),
+    }
+    return _json({"message": inner}, 200 if status == "SUCCESS" else 202)
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+
+
+async def v1_entity(request: web.Request) -> web.Response:
+    """Part B: Bearer token, seed entity names and modes, a JSON array of records (or of
+    data sets), answered with an ingest job id."""
+    state = request.app[STATE]
+    if (denied := _check_v1_auth(request)) is not None:
+        return denied
+    entity, missing = _entity(request)
+    if missing is not None:
+        return missing
+    mode = request.query.get("mode")
+    errors = c.check_query(mode, request.query.get("isLastBatch"), c.V1_MODES)
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        errors.append(c.error("INVALID_INPUT_FORMAT", "Request body is not valid JSON"))
+        body = None
+    if errors:
+        return _json(errors, 400)
+    if isinstance(body, dict):
+        body = [body]
+    if not isinstance(body, list) or not all(isinstance(r, dict) for r in body):
+        return _json([c.error("INVALID_INPUT_FORMAT", "Body must be a JSON array of records")], 400)
+    if body and all("records" in r and "sourceEntity" in r for r in body):
+        datasets = body
+    else:
+        datasets = [{"sourceEntity": f"crm_{entity}", "records": body}]
+    meta = _meta(request, "v1", entity)
+    job = state.new_job(
+        entity=entity,
+        mode=mode or "",
+        is_last=meta["isLastBatch"],
+        datasets=datasets,
+        errors=[],
+        request=meta,
+    )
+    return _json({"jobId": job.id, "status": "QUEUED"}, 202)
+
+
+async def custom(request: web.Request) -> web.Response:
+    """Anything under /custom/: accepted and logged, for manual endpoints and formats."""
+    return _json({"received": request.content_length or 0, "path": request.path})
+
+
+# --- control endpoints -----------------------------------------------------------------
+async def get_records(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    entity = request.query.get("entity")
+    records = [r for r in state.records if entity is None or r["entity"] == entity]
+    return _json({"count": len(records), "records": records})
+
+
+async def get_requests(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return _json({"count": len(state.requests), "requests": list(state.requests)})
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return _json(
+        {
+            "counters": state.counters,
+            "records": len(state.records),
+            "jobs": {jid: _settle(state, j) for jid, j in state.jobs.items()},
+        }
+    )
+
+
+async def faults(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if request.method == "POST":
+        try:
+            state.faults.update(orjson.loads(await request.read() or b"{}"))
+        except (KeyError, ValueError, TypeError) as exc:
+            return _json(
+                {
+                    "error": f"unknown or bad fault setting: {exc}",
+                    "allowed": sorted(state.faults.as_dict()),
+                },
+                400,
+            )
+    return _json(state.faults.as_dict())
+
+
+async def reset(request: web.Request) -> web.Response:
+    request.app[STATE].reset()
+    return _json({"reset": True})
+
+
+async def health(_: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def _settle_jobs(app: web.Application) -> AsyncIterator[None]:
+    """Jobs finish on their own, whether or not anyone polls them."""
+    state = app[STATE]
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            for job in list(state.jobs.values()):
+                if not job.settled:
+                    _settle(state, job)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def build_app(state: EmulatorState | None = None) -> web.Application:
+    app = web.Application(middlewares=[faults_and_log], client_max_size=c.BULK_MAX_BYTES * 2)
+    app[STATE] = state or EmulatorState()
+    app.cleanup_ctx.append(_settle_jobs)
+    app.add_routes(
+        [
+            web.post("/v2/ingest/entity/{entity}", upload),
+            web.post("/v2/ingest/bulk/entity/{entity}", bulk),
+            web.get("/v2/ingest/job/{job_id}", job_status),
+            web.post("/v1/ingest/entity/{entity}", v1_entity),
+            web.get("/v1/ingest/job/{job_id}", job_status),
+            web.route("*", "/custom/{tail:.*}", custom),
+            web.get("/_emulator/records", get_records),
+            web.get("/_emulator/requests", get_requests),
+            web.get("/_emulator/stats", get_stats),
+            web.get("/_emulator/faults", faults),
+            web.post("/_emulator/faults", faults),
+            web.post("/_emulator/reset", reset),
+            web.get("/_emulator/health", health),
+        ]
+    )
+    return app

@@ -1,0 +1,108 @@
+"""Clari's published ingest contract: what a valid request is, and the documented errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+UPLOAD_MAX_RECORDS = 100
+BULK_MAX_BYTES = 10 * 1024 * 1024
+V2_MODES = frozenset({"initial", "incremental"})
+# Part B of clari-api.md: the form the Nexla description shows (seed entity names and modes).
+V1_MODES = frozenset({"incremental", "full", "replace", "merge", "upsert", "initial"})
+ENTITIES = frozenset({"account", "opportunity", "contact", "activity"})
+
+BAD_APIKEY = {"error": "Invalid authentication credentials"}
+RATE_LIMITED = {"error": "API rate limit exceeded"}
+JOB_NOT_FOUND = {"error": "Bulk ingestion job not found. Please provide correct jobId."}
+JOB_FAILED = "Bulk ingestion job failed. Please retry ingestion."
+
+
+def error(code: str, summary: str) -> dict[str, str]:
+    return {"errorCode": code, "errorSummary": summary}
+
+
+def bad_partner_key() -> list[dict[str, str]]:
+    return [error("INVALID_PARTNER_KEY", "Invalid partner key")]
+
+
+def check_query(
+    mode: str | None, is_last: str | None, modes: frozenset[str]
+) -> list[dict[str, str]]:
+    errors = []
+    if mode is None or mode.lower() not in modes:
+        errors.append(
+            error(
+                "INVALID_INPUT_FORMAT",
+                f"Invalid mode '{mode}'. Allowed values: {', '.join(sorted(modes))}",
+            )
+        )
+    if is_last is not None and is_last.lower() not in ("true", "false"):
+        errors.append(
+            error(
+                "INVALID_INPUT_FORMAT",
+                f"Invalid isLastBatch '{is_last}'. Allowed values: true, false",
+            )
+        )
+    return errors
+
+
+def _is_millis(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+def check_datasets(
+    body: Any, max_records: int | None
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Validate the array-of-data-sets body; return (data sets, errors)."""
+    if not isinstance(body, list):
+        return [], [error("INVALID_INPUT_FORMAT", "Request body must be an array of data sets")]
+    errors: list[dict[str, str]] = []
+    total = 0
+    for i, ds in enumerate(body):
+        if not isinstance(ds, dict) or not isinstance(ds.get("sourceEntity"), str):
+            errors.append(error("INVALID_INPUT_FORMAT", f"Data set {i}: missing sourceEntity"))
+            continue
+        if not isinstance(ds.get("records"), list):
+            errors.append(error("INVALID_INPUT_FORMAT", f"Data set {i}: missing records"))
+            continue
+        total += len(ds["records"])
+    if max_records is not None and total > max_records:
+        return [], [error("INVALID_INPUT_FORMAT", f"The number of records limit to {max_records}")]
+    if errors:
+        return [], errors
+    seen: set[str] = set()
+    for ds in body:
+        for rec in ds["records"]:
+            if not isinstance(rec, dict):
+                errors.append(error("INVALID_INPUT_FORMAT", "Each record must be an object"))
+                continue
+            rid = rec.get("id")
+            if rid is None or rid == "":
+                errors.append(error("INVALID_INPUT_FORMAT", "Missing required field id"))
+                continue
+            key = str(rid)
+            for field in ("createdAt", "updatedAt"):
+                if field not in rec:
+                    errors.append(
+                        error(
+                            "INVALID_INPUT_FORMAT",
+                            f"Missing required field {field} for record with id {key}",
+                        )
+                    )
+                elif not _is_millis(rec[field]):
+                    errors.append(
+                        error(
+                            "INVALID_INPUT_FORMAT",
+                            f"Invalid date value for field {field} for record with "
+                            f"id {key}: expected epoch milliseconds",
+                        )
+                    )
+            if key in seen:
+                errors.append(
+                    error(
+                        "INVALID_INPUT_FORMAT",
+                        f"Duplicate record with value {key} for primary key field id",
+                    )
+                )
+            seen.add(key)
+    return body, errors

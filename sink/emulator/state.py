@@ -1,0 +1,146 @@
+"""The emulator's memory: accepted records, bulk jobs, request log, faults, rate limits."""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Faults:
+    """Injected trouble. Rates are shares of API calls (0..1)."""
+
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_503: float = 0.0
+    reset_rate: float = 0.0  # the connection is dropped without an answer
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    down_until: float = 0.0  # epoch seconds; until then every API call gets 503
+    job_failure_rate: float = 0.0  # bulk jobs that end FAILED
+    retry_after_s: float | None = None  # sent with injected 429/503 when set
+
+    def update(self, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            if key == "down_for_s":
+                self.down_until = time.time() + float(value)
+            elif key in self.__dataclass_fields__:
+                setattr(self, key, None if value is None else float(value))
+            else:
+                raise KeyError(key)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["down_for_s"] = max(0.0, self.down_until - time.time())
+        return data
+
+
+@dataclass
+class Job:
+    id: str
+    entity: str
+    mode: str
+    is_last: bool
+    datasets: list[dict[str, Any]]
+    errors: list[dict[str, str]]
+    will_fail: bool
+    submitted: float
+    request: dict[str, Any]
+    settled: bool = False
+
+    def state(self, queued_s: float, running_s: float) -> str:
+        age = time.time() - self.submitted
+        if age < queued_s:
+            return "QUEUED"
+        if age < queued_s + running_s:
+            return "IN_PROGRESS"
+        if self.will_fail:
+            return "FAILED"
+        return "VALIDATION_ERROR" if self.errors else "SUCCESS"
+
+
+@dataclass
+class EmulatorState:
+    api_token: str = "demo-token"
+    partner_key: str = "demo-partner"
+    rate_limit: float = 100.0
+    job_queued_s: float = 0.2
+    job_running_s: float = 0.3
+    max_active_jobs: int = 20
+    store_records: bool = True
+    request_log_size: int = 5_000
+    faults: Faults = field(default_factory=Faults)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    requests: deque[dict[str, Any]] = field(default_factory=deque)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    initial_done: set[str] = field(default_factory=set)
+    counters: dict[str, int] = field(default_factory=dict)
+    _windows: dict[str, deque[float]] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=random.Random)
+
+    def reset(self) -> None:
+        self.records.clear()
+        self.requests.clear()
+        self.jobs.clear()
+        self.initial_done.clear()
+        self.counters.clear()
+        self._windows.clear()
+        self.faults = Faults()
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def log_request(self, entry: dict[str, Any]) -> None:
+        self.requests.append(entry)
+        while len(self.requests) > self.request_log_size:
+            self.requests.popleft()
+
+    def over_rate(self, token: str) -> bool:
+        """Sliding one-second window per token, as Clari's 100 requests/s per API token."""
+        now = time.monotonic()
+        window = self._windows.setdefault(token, deque())
+        while window and now - window[0] >= 1.0:
+            window.popleft()
+        if len(window) >= self.rate_limit:
+            return True
+        window.append(now)
+        return False
+
+    def accept(self, datasets: list[dict[str, Any]], meta: dict[str, Any]) -> int:
+        now_ms = int(time.time() * 1000)
+        n = 0
+        for ds in datasets:
+            for rec in ds.get("records", []):
+                n += 1
+                if self.store_records:
+                    self.records.append(
+                        {
+                            **meta,
+                            "sourceEntity": ds.get("sourceEntity"),
+                            "receivedAt": now_ms,
+                            "record": rec,
+                        }
+                    )
+        self.count("records_accepted", n)
+        return n
+
+    def active_jobs(self) -> int:
+        return sum(
+            1
+            for j in self.jobs.values()
+            if j.state(self.job_queued_s, self.job_running_s) in ("QUEUED", "IN_PROGRESS")
+        )
+
+    def new_job(self, **kwargs: Any) -> Job:
+        job = Job(
+            id=secrets.token_hex(12),
+            submitted=time.time(),
+            will_fail=self.rng.random() < self.faults.job_failure_rate,
+            **kwargs,
+        )
+        self.jobs[job.id] = job
+        return job

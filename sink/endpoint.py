@@ -1,0 +1,161 @@
+"""Build the HTTP request for a batch: from a template, or from the manual settings."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from sink import __version__
+from sink.config import Settings
+from sink.decoding import lookup
+from sink.formats import CONTENT_TYPES, render
+from sink.records import Batch
+
+SECRET_HEADERS = frozenset({"apikey", "partnerkey", "authorization", "x-api-key"})
+MASK = "****"
+BULK_FILE_FIELD = "FileData"  # the part name in Clari's bulk example
+BULK_FILE_NAME = "data.json"
+
+_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+
+
+@dataclass(slots=True)
+class PreparedRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    records: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class EndpointBuilder:
+    """Knows the endpoint's method, URL, headers and body format for the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.template = settings.clari_template
+        self.base = settings.clari_base_url.rstrip("/")
+        self.format = settings.content_format
+        self._secrets = [v for v in self._secret_values() if v]
+
+    # -- the pieces ------------------------------------------------------------------
+    def credential_headers(self) -> dict[str, str]:
+        s = self.s
+        headers: dict[str, str] = {}
+        token = s.clari_api_token.get_secret_value() if s.clari_api_token else None
+        if s.clari_auth_style == "apikey" and token:
+            headers["apikey"] = token
+        elif s.clari_auth_style == "bearer" and token:
+            headers["Authorization"] = f"Bearer {token}"
+        if s.clari_partner_key is not None and s.clari_auth_style != "none":
+            headers["partnerkey"] = s.clari_partner_key.get_secret_value()
+        return headers
+
+    def url_for(self, batch: Batch, is_last: bool) -> str:
+        s = self.s
+        last = "true" if is_last else "false"
+        if self.template == "upload-entity-data":
+            return (
+                f"{self.base}/ingest/entity/{s.entity_path}"
+                f"?mode={quote(s.wire_mode)}&isLastBatch={last}"
+            )
+        if self.template == "ingest-bulk-entities":
+            return (
+                f"{self.base}/ingest/bulk/entity/{s.entity_path}"
+                f"?mode={quote(s.wire_mode)}&isLastBatch={last}"
+            )
+        first = batch.records[0] if batch.records else None
+        fixed: dict[str, str] = {
+            "entity": s.entity_path,
+            "mode": s.wire_mode,
+            "isLastBatch": last,
+            "topic": first.topic if first else "",
+            "group": batch.group,
+            "key": first.key.decode("utf-8", "replace") if first and first.key else "",
+        }
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in fixed:
+                return quote(fixed[name], safe="")
+            value = lookup(first.data if first else None, name)
+            return "" if value is None else quote(str(value), safe="")
+
+        return _PLACEHOLDER.sub(substitute, s.clari_url or "")
+
+    def job_status_url(self, job_id: str) -> str:
+        return f"{self._job_base()}/ingest/job/{quote(job_id, safe='')}"
+
+    def _job_base(self) -> str:
+        if self.template != "manual" or not self.s.clari_url:
+            return self.base
+        url = self.s.clari_url
+        return url[: url.index("/ingest/")] if "/ingest/" in url else self.base
+
+    # -- the request ---------------------------------------------------------------
+    def build(self, batch: Batch, is_last: bool) -> PreparedRequest:
+        s = self.s
+        body = render(self.format, batch.records, s.source_entity)
+        headers = {
+            "User-Agent": f"clari-sink/{__version__}",
+            **s.extra_headers,
+            **self.credential_headers(),
+        }
+        method = "POST" if self.template != "manual" else s.clari_method
+        if self.template == "ingest-bulk-entities":
+            boundary = f"clari-sink-{uuid.uuid4().hex}"
+            body = _multipart(boundary, body)
+            headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+        else:
+            headers["Content-Type"] = CONTENT_TYPES[self.format]
+        return PreparedRequest(
+            method=method,
+            url=self.url_for(batch, is_last),
+            headers=headers,
+            body=body,
+            records=len(batch.records),
+        )
+
+    def job_request(self, job_id: str) -> PreparedRequest:
+        headers = {
+            "User-Agent": f"clari-sink/{__version__}",
+            **self.s.extra_headers,
+            **self.credential_headers(),
+        }
+        return PreparedRequest(
+            method="GET", url=self.job_status_url(job_id), headers=headers, body=b""
+        )
+
+    # -- masking ---------------------------------------------------------------------
+    def _secret_values(self) -> list[str]:
+        s = self.s
+        return [
+            x.get_secret_value()
+            for x in (s.clari_api_token, s.clari_partner_key, s.kafka_sasl_password)
+            if x is not None
+        ]
+
+    def mask_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        return {
+            k: (MASK if k.lower() in SECRET_HEADERS else self.mask_text(v))
+            for k, v in headers.items()
+        }
+
+    def mask_text(self, text: str) -> str:
+        """Replace any secret value that a user copied into a header, URL or body."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+
+def _multipart(boundary: str, content: bytes) -> bytes:
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{BULK_FILE_FIELD}"; '
+        f'filename="{BULK_FILE_NAME}"\r\nContent-Type: application/json\r\n\r\n'
+    )
+    return head.encode() + content + f"\r\n--{boundary}--\r\n".encode()

@@ -1,0 +1,113 @@
+"""Content formats: turn a batch's records into a request body.
+
+JSON-based formats reuse each record's encoded bytes (encoded once, when consumed); CSV
+and XML convert the decoded records.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Sequence
+from typing import Any
+from xml.sax.saxutils import escape
+
+import orjson
+
+from sink.records import SinkRecord
+
+CONTENT_TYPES = {
+    "clari-datasets": "application/json",
+    "json": "application/json",
+    "ndjson": "application/x-ndjson",
+    "csv": "text/csv; charset=utf-8",
+    "xml": "application/xml; charset=utf-8",
+}
+
+
+def render(fmt: str, records: Sequence[SinkRecord], source_entity: str) -> bytes:
+    if fmt == "clari-datasets":
+        # Clari's published contract: an array of data sets, each naming its source entity.
+        return b"".join(
+            (
+                b'[{"sourceEntity":',
+                orjson.dumps(source_entity),
+                b',"records":[',
+                b",".join(r.body for r in records),
+                b"]}]",
+            )
+        )
+    if fmt == "json":
+        return b"[" + b",".join(r.body for r in records) + b"]"
+    if fmt == "ndjson":
+        return b"".join(r.body + b"\n" for r in records)
+    if fmt == "csv":
+        return _csv([r.data or {} for r in records])
+    if fmt == "xml":
+        return _xml([r.data or {} for r in records])
+    raise ValueError(f"unknown content format {fmt!r}")
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            flat[name] = orjson.dumps(value).decode()  # a cell holds the list as JSON
+        elif value is None:
+            flat[name] = ""
+        elif isinstance(value, bool):
+            flat[name] = "true" if value else "false"
+        else:
+            flat[name] = value
+    return flat
+
+
+def _csv(rows: list[dict[str, Any]]) -> bytes:
+    flat = [_flatten(row) for row in rows]
+    columns: dict[str, None] = {}
+    for row in flat:
+        columns.update(dict.fromkeys(row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(flat)
+    return out.getvalue().encode()
+
+
+_NOT_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _tag(name: str) -> str:
+    tag = _NOT_NAME.sub("_", name) or "_"
+    return tag if (tag[0].isalpha() or tag[0] == "_") else f"_{tag}"
+
+
+def _xml_value(name: str, value: Any, out: list[str]) -> None:
+    tag = _tag(name)
+    if isinstance(value, dict):
+        out.append(f"<{tag}>")
+        for key, inner in value.items():
+            _xml_value(str(key), inner, out)
+        out.append(f"</{tag}>")
+    elif isinstance(value, list):
+        out.append(f"<{tag}>")
+        for item in value:
+            _xml_value("item", item, out)
+        out.append(f"</{tag}>")
+    elif value is None:
+        out.append(f"<{tag}/>")
+    else:
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        out.append(f"<{tag}>{escape(text)}</{tag}>")
+
+
+def _xml(rows: list[dict[str, Any]]) -> bytes:
+    out = ['<?xml version="1.0" encoding="UTF-8"?><records>']
+    for row in rows:
+        _xml_value("record", row, out)
+    out.append("</records>")
+    return "".join(out).encode()

@@ -1,0 +1,85 @@
+"""The HTTP side: one aiohttp session, a client-side rate limit, and plain results.
+
+Nothing here raises for an HTTP status or a network error: every call returns an
+:class:`HttpResult` so that each one can be reported and classified the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from sink.endpoint import PreparedRequest
+
+
+@dataclass(slots=True)
+class HttpResult:
+    status: int | None  # None: no answer (timeout, connection refused or reset)
+    headers: dict[str, str]
+    body: bytes
+    latency_s: float
+    error: str | None = None
+
+
+class RateLimiter:
+    """Token bucket: at most ``rate`` acquisitions a second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.burst = burst if burst is not None else max(1.0, rate / 10)
+        self._tokens = self.burst
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+                self._stamp = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self.rate)
+
+
+class HttpClient:
+    def __init__(self, timeout_s: float, rate_limit: float, max_connections: int) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._limiter = RateLimiter(rate_limit)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpClient:
+        connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=True,
+            skip_auto_headers=("Content-Type",),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def call(self, req: PreparedRequest) -> HttpResult:
+        assert self._session is not None, "HttpClient used outside 'async with'"
+        await self._limiter.acquire()
+        started = time.monotonic()
+        try:
+            async with self._session.request(
+                req.method, req.url, data=req.body or None, headers=req.headers
+            ) as resp:
+                body = await resp.read()
+                return HttpResult(resp.status, dict(resp.headers), body, time.monotonic() - started)
+        except TimeoutError:
+            return HttpResult(None, {}, b"", time.monotonic() - started, "timeout")
+        except aiohttp.ClientError as exc:
+            return HttpResult(
+                None, {}, b"", time.monotonic() - started, f"{type(exc).__name__}: {exc}"
+            )

@@ -1,0 +1,154 @@
+"""Sample request payloads and endpoint testing.
+
+``sample`` reads the first records of the configured topics without joining the
+consumer group and without committing, and shows the exact requests the settings would
+send (secrets masked). ``test-send`` sends one of them, or a body the user edited.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from sink.batching import Batcher, grouping_function
+from sink.config import Settings
+from sink.consumer import consumer_config
+from sink.decoding import RecordError, Shaper
+from sink.endpoint import EndpointBuilder, PreparedRequest
+from sink.http_client import HttpClient
+from sink.records import Batch, SinkRecord
+
+
+def read_first(settings: Settings, limit: int, timeout_s: float = 10.0) -> list[SinkRecord]:
+    """The first ``limit`` records of the topics, read by assignment: no group, no commit."""
+    conf = consumer_config(settings, group=False)
+    consumer = Consumer(conf)
+    try:
+        meta = consumer.list_topics(timeout=timeout_s)
+        parts = [
+            TopicPartition(t, p, OFFSET_BEGINNING)
+            for t in settings.kafka_topics
+            if t in meta.topics
+            for p in sorted(meta.topics[t].partitions)
+        ]
+        if not parts:
+            return []
+        consumer.assign(parts)
+        out: list[SinkRecord] = []
+        deadline = time.monotonic() + timeout_s
+        idle = 0
+        while len(out) < limit and time.monotonic() < deadline and idle < 3:
+            msgs = consumer.consume(limit - len(out), 1.0)
+            idle = 0 if msgs else idle + 1
+            for m in msgs:
+                if m.error() is None:
+                    out.append(SinkRecord.from_message(m))
+        return out
+    finally:
+        consumer.close()
+
+
+def sample_requests(
+    settings: Settings, records: list[SinkRecord]
+) -> tuple[list[PreparedRequest], list[tuple[SinkRecord, str]]]:
+    """Batch ``records`` as the sink would and build each batch's request."""
+    shaper = Shaper(settings.clari_exclude_attributes)
+    batcher = Batcher(
+        max_records=settings.effective_batch_size,
+        max_bytes=settings.batch_max_bytes,
+        linger_s=0,
+        id_field=settings.clari_id_field,
+        group_of=grouping_function(settings.batch_grouping, settings.batch_group_attribute),
+    )
+    builder = EndpointBuilder(settings)
+    batches: list[Batch] = []
+    rejected: list[tuple[SinkRecord, str]] = []
+    for record in records:
+        try:
+            shaper.shape(record)
+            batches.extend(batcher.add(record))
+        except RecordError as exc:
+            rejected.append((record, str(exc)))
+    batches.extend(batcher.flush())
+    is_last = settings.clari_is_last_batch != "false"
+    return [builder.build(b, is_last) for b in batches], rejected
+
+
+def describe(req: PreparedRequest, builder: EndpointBuilder) -> dict[str, Any]:
+    body: Any = req.body.decode("utf-8", "replace")
+    if req.headers.get("Content-Type", "").startswith("application/json"):
+        body = orjson.loads(req.body)
+    return {
+        "method": req.method,
+        "url": builder.mask_text(req.url),
+        "headers": builder.mask_headers(req.headers),
+        "records": req.records,
+        "body": body if not isinstance(body, str) else builder.mask_text(body),
+    }
+
+
+def print_samples(settings: Settings, limit: int, as_json: bool) -> int:
+    records = read_first(settings, limit)
+    if not records:
+        print(
+            f"no records found in {', '.join(settings.kafka_topics) or '(no KAFKA_TOPICS)'}",
+            file=sys.stderr,
+        )
+        return 1
+    builder = EndpointBuilder(settings)
+    requests, rejected = sample_requests(settings, records)
+    shown = [describe(r, builder) for r in requests]
+    if as_json:
+        print(
+            orjson.dumps(
+                {
+                    "requests": shown,
+                    "rejected": [{"record": r.where, "reason": why} for r, why in rejected],
+                },
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
+        return 0
+    for i, req in enumerate(shown, 1):
+        print(f"--- sample request {i} of {len(shown)} ({req['records']} records)")
+        print(f"{req['method']} {req['url']}")
+        for name, value in req["headers"].items():
+            print(f"{name}: {value}")
+        print()
+        body = req["body"]
+        print(
+            body
+            if isinstance(body, str)
+            else orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()
+        )
+    for record, why in rejected:
+        print(f"--- {record.where} would go to the dead-letter topic: {why}")
+    return 0
+
+
+async def test_send(settings: Settings, body: bytes | None, limit: int) -> int:
+    builder = EndpointBuilder(settings)
+    records = read_first(settings, limit) if settings.kafka_topics else []
+    requests, _ = sample_requests(settings, records)
+    if requests:
+        req = requests[0]
+    else:
+        req = builder.build(Batch(id="test", group=""), settings.clari_is_last_batch != "false")
+    if body is not None:
+        req.body = body
+    async with HttpClient(settings.http_timeout_s, settings.http_rate_limit, 1) as http:
+        res = await http.call(req)
+    print(f"{req.method} {builder.mask_text(req.url)}  ({len(req.body)} bytes)")
+    if res.status is None:
+        print(f"no answer: {res.error}")
+        return 1
+    print(f"HTTP {res.status}  ({res.latency_s * 1000:.0f} ms)")
+    for name, value in res.headers.items():
+        print(f"{name}: {value}")
+    print()
+    print(builder.mask_text(res.body.decode("utf-8", "replace")))
+    return 0 if 200 <= res.status < 300 else 1

@@ -10,10 +10,29 @@ from __future__ import annotations
 import random
 from typing import Any
 
-NAMES = ["Zoë Brontë", "José Müller", "Åsa Lindqvist", "李雷", "Ngozi Okafor", "Renée Dubois",
-         "Søren Kierkegaard", "Priya Raman", "Łukasz Wójcik", "Ahmed Al-Farsi"]  # fmt: skip
-COMPANIES = ["Acme Crédit", "Globex Straße", "Initech", "Umbrella Ltd", "Stark Industries",
-             "Wayne Enterprises", "Tyrell Corp", "株式会社サンプル", "Soylent Ωmega"]  # fmt: skip
+NAMES = [
+    "Zoë Brontë",
+    "José Müller",
+    "Åsa Lindqvist",
+    "李雷",
+    "Ngozi Okafor",
+    "Renée Dubois",
+    "Søren Kierkegaard",
+    "Priya Raman",
+    "Łukasz Wójcik",
+    "Ahmed Al-Farsi",
+]
+COMPANIES = [
+    "Acme Crédit",
+    "Globex Straße",
+    "Initech",
+    "Umbrella Ltd",
+    "Stark Industries",
+    "Wayne Enterprises",
+    "Tyrell Corp",
+    "株式会社サンプル",
+    "Soylent Ωmega",
+]
 STAGES = ["Prospecting", "Qualification", "Proposal", "Negotiation", "Closed Won", "Closed Lost"]
 BASE_MS = 1_700_000_000_000
 
@@ -28,20 +47,35 @@ def crm_record(entity: str, n: int, rng: random.Random | None = None) -> dict[st
         "entityType": entity,
     }
     if entity == "account":
-        record |= {"name": rng.choice(COMPANIES), "healthScore": rng.randint(0, 100),
-                   "address": {"city": rng.choice(["Zürich", "São Paulo", "Kraków", "Austin"]),
-                               "country": rng.choice(["CH", "BR", "PL", "US"])},
-                   "tags": rng.sample(["enterprise", "smb", "renewal", "churn-risk"], 2)}  # fmt: skip
+        record |= {
+            "name": rng.choice(COMPANIES),
+            "healthScore": rng.randint(0, 100),
+            "address": {
+                "city": rng.choice(["Zürich", "São Paulo", "Kraków", "Austin"]),
+                "country": rng.choice(["CH", "BR", "PL", "US"]),
+            },
+            "tags": rng.sample(["enterprise", "smb", "renewal", "churn-risk"], 2),
+        }
     elif entity == "contact":
-        record |= {"name": rng.choice(NAMES), "email": f"user{n}@example.com",
-                   "accountId": f"ACC{rng.randint(0, 999):012d}", "phone": None}  # fmt: skip
+        record |= {
+            "name": rng.choice(NAMES),
+            "email": f"user{n}@example.com",
+            "accountId": f"ACC{rng.randint(0, 999):012d}",
+            "phone": None,
+        }
     elif entity == "opportunity":
-        record |= {"name": f"Deal {n} — {rng.choice(COMPANIES)}", "stage": rng.choice(STAGES),
-                   "amount": round(rng.uniform(1_000, 500_000), 2),
-                   "owner": {"name": rng.choice(NAMES), "email": f"rep{n % 17}@example.com"},
-                   "accountId": f"ACC{rng.randint(0, 999):012d}"}  # fmt: skip
+        record |= {
+            "name": f"Deal {n} — {rng.choice(COMPANIES)}",
+            "stage": rng.choice(STAGES),
+            "amount": round(rng.uniform(1_000, 500_000), 2),
+            "owner": {"name": rng.choice(NAMES), "email": f"rep{n % 17}@example.com"},
+            "accountId": f"ACC{rng.randint(0, 999):012d}",
+        }
     else:
-        record |= {"type": rng.choice(["call", "email", "meeting"]),
-                   "subject": f"Follow-up with {rng.choice(NAMES)}",
-                   "opportunityId": f"OPP{rng.randint(0, 999):012d}", "durationMin": rng.randint(1, 90)}  # fmt: skip
+        record |= {
+            "type": rng.choice(["call", "email", "meeting"]),
+            "subject": f"Follow-up with {rng.choice(NAMES)}",
+            "opportunityId": f"OPP{rng.randint(0, 999):012d}",
+            "durationMin": rng.randint(1, 90),
+        }
     return record

@@ -43,6 +43,7 @@ def consumer_config(
         "session.timeout.ms": settings.kafka_session_timeout_ms,
         "max.poll.interval.ms": settings.kafka_max_poll_interval_ms,
         "client.id": "clari-sink",
+        "logger": logging.getLogger("librdkafka"),
         # Bound librdkafka's own prefetch so memory follows SINK_MAX_BUFFERED_BYTES.
         "queued.max.messages.kbytes": 16_384,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import aiohttp
@@ -25,25 +26,31 @@ class HttpResult:
 
 
 class RateLimiter:
-    """Token bucket: at most ``rate`` acquisitions a second, bursts up to ``burst``."""
+    """At most ``rate`` calls in any sliding window of one second.
 
-    def __init__(self, rate: float, burst: float | None = None) -> None:
-        self.rate = rate
-        self.burst = burst if burst is not None else max(1.0, rate / 10)
-        self._tokens = self.burst
-        self._stamp = time.monotonic()
+    Clari counts requests per token in a sliding second; a token bucket would allow its
+    burst on top of the rate and earn 429s, so this keeps the send times of the last
+    ``n`` calls and waits until the oldest leaves the window (plus a small margin for
+    network jitter between here and the server's clock).
+    """
+
+    MARGIN_S = 0.01
+
+    def __init__(self, rate: float) -> None:
+        self.n = max(1, int(rate))
+        self.window_s = self.n / rate + self.MARGIN_S
+        self._sent: deque[float] = deque()
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
         async with self._lock:
-            while True:
-                now = time.monotonic()
-                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-                self._stamp = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
-                    return
-                await asyncio.sleep((1 - self._tokens) / self.rate)
+            now = time.monotonic()
+            if len(self._sent) >= self.n:
+                wait = self._sent[0] + self.window_s - now
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._sent.popleft()
+            self._sent.append(time.monotonic())
 
 
 class HttpClient:

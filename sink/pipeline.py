@@ -116,7 +116,9 @@ class Pipeline:
             # Not possible off the main thread (tests run the pipeline in one).
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 self._loop.add_signal_handler(sig, self.request_stop)
-        producer = AsyncProducer(self.s.kafka_common())
+        producer = AsyncProducer(
+            {**self.s.kafka_common(), "logger": logging.getLogger("librdkafka")}
+        )
         response_topic = self.s.response_topic if self.s.response_topic_enabled else None
         self.reporter = Reporter(
             producer,

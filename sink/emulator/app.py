@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email
+import email.policy
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -54,8 +56,8 @@ async def faults_and_log(request: web.Request, handler: Handler) -> web.StreamRe
         "time": time.time(),
         "method": request.method,
         "path": request.path,
-        "query": dict(request.query),
-        "headers": dict(request.headers),
+        "query": {str(k): v for k, v in request.query.items()},
+        "headers": {str(k): v for k, v in request.headers.items()},
         "contentType": request.headers.get("Content-Type", ""),
         "bytes": len(body),
         "body": body[:LOG_BODY_BYTES].decode("utf-8", "replace"),
@@ -179,20 +181,25 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def _bulk_file(request: web.Request) -> bytes | web.Response:
-    if not request.content_type.startswith("multipart/"):
+    """The first file part of a multipart body (the logging middleware already read it)."""
+    ctype = request.headers.get("Content-Type", "")
+    if not ctype.startswith("multipart/"):
         return _json(
             [c.error("INVALID_FILE_FORMAT", "Expected multipart/form-data with a JSON file")], 400
         )
-    reader = await request.multipart()
-    part = await reader.next()
-    while part is not None and getattr(part, "filename", None) is None:
-        part = await reader.next()
-    if part is None:
-        return _json([c.error("INVALID_FILE_FORMAT", "No file part in the request")], 400)
-    data = await part.read()  # type: ignore[union-attr]
-    if len(data) > c.BULK_MAX_BYTES:
-        return _json([c.error("PAYLOAD_TOO_LARGE", "The file is larger than 10 MB")], 413)
-    return bytes(data)
+    raw = await request.read()
+    msg = email.message_from_bytes(
+        f"Content-Type: {ctype}\r\n\r\n".encode() + raw, policy=email.policy.HTTP
+    )
+    for part in msg.iter_parts() if msg.is_multipart() else ():
+        if part.get_filename() is not None:
+            data = part.get_payload(decode=True)
+            if not isinstance(data, bytes):
+                break
+            if len(data) > c.BULK_MAX_BYTES:
+                return _json([c.error("PAYLOAD_TOO_LARGE", "The file is larger than 10 MB")], 413)
+            return data
+    return _json([c.error("INVALID_FILE_FORMAT", "No file part in the request")], 400)
 
 
 async def bulk(request: web.Request) -> web.Response:

@@ -1,0 +1,43 @@
+# clari-sink: `make demo` runs the whole thing locally, `make test` runs every check.
+# Both set up what they need from nothing: a Python virtualenv in .venv and, through
+# Maven, a single-node Apache Kafka broker cached in ~/.cache/clari-sink.
+
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: setup demo test unit lint kafka-jars bench clean
+
+$(STAMP): pyproject.toml
+	@$(PY) -c 'import sys; sys.exit("Python 3.11 or newer is needed (set PY=...)") if sys.version_info < (3, 11) else None'
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+kafka-jars: $(STAMP)
+	$(BIN)/python -m devkit.kafka_local fetch
+
+demo: $(STAMP) kafka-jars
+	$(BIN)/python -m devkit.demo $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q
+
+test: $(STAMP) kafka-jars lint
+	$(BIN)/pytest -q -ra --durations=10
+
+bench: $(STAMP) kafka-jars
+	$(BIN)/python -m bench.run $(ARGS)
+
+clean:
+	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from sink.batching import Batcher, grouping_function
+from sink.decoding import RecordError, Shaper
+from sink.records import SinkRecord
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def rec(offset: int, data: dict, key: str | None = None, partition: int = 0) -> SinkRecord:  # type: ignore[type-arg]
+    r = SinkRecord(
+        "t", partition, offset, key.encode() if key else None, orjson.dumps(data), None, 0
+    )
+    Shaper([]).shape(r)
+    return r
+
+
+def batcher(clock: Clock | None = None, **kw) -> Batcher:  # type: ignore[no-untyped-def]
+    args = {
+        "max_records": 3,
+        "max_bytes": 10_000,
+        "linger_s": 1.0,
+        "group_of": grouping_function("size", None),
+        "clock": clock or Clock(),
+    }
+    args.update(kw)
+    return Batcher(**args)
+
+
+def test_closes_at_batch_size_in_arrival_order() -> None:
+    b = batcher()
+    closed = [batch for i in range(7) for batch in b.add(rec(i, {"id": i}))]
+    assert [[r.offset for r in x.records] for x in closed] == [[0, 1, 2], [3, 4, 5]]
+    assert closed[0].id == "t-0-0-n3"
+    assert b.buffered_records == 1
+    assert [r.offset for r in b.flush()[0].records] == [6]
+    assert b.buffered_records == 0 and b.buffered_bytes == 0
+
+
+def test_linger_sends_partial_batches() -> None:
+    clock = Clock()
+    b = batcher(clock)
+    b.add(rec(0, {"id": 0}))
+    clock.now = 0.5
+    assert b.due() == []
+    assert b.next_deadline() == 1.0
+    clock.now = 1.0
+    assert [r.offset for r in b.due()[0].records] == [0]
+    assert b.next_deadline() is None
+
+
+def test_byte_cap_cuts_before_passing_it() -> None:
+    one = rec(0, {"id": 0, "pad": "x" * 100})
+    b = batcher(max_records=100, max_bytes=one.nbytes * 2 + 1)
+    closed = [x for i in range(5) for x in b.add(rec(i, {"id": i, "pad": "x" * 100}))]
+    assert [len(x.records) for x in closed] == [2, 2]
+    assert all(x.nbytes <= one.nbytes * 2 + 1 for x in closed)
+
+
+def test_record_over_the_byte_cap_is_refused() -> None:
+    b = batcher(max_bytes=1024)
+    with pytest.raises(RecordError) as info:
+        b.add(rec(0, {"id": 0, "pad": "x" * 2000}))
+    assert info.value.reason == "record-too-large"
+
+
+def test_repeated_id_starts_a_new_batch_keeping_order() -> None:
+    b = batcher(max_records=10)
+    closed = b.add(rec(0, {"id": "A"})) + b.add(rec(1, {"id": "B"})) + b.add(rec(2, {"id": "A"}))
+    assert [[r.offset for r in x.records] for x in closed] == [[0, 1]]
+    assert [r.offset for r in b.flush()[0].records] == [2]
+
+
+def test_grouping_by_key_keeps_keys_together() -> None:
+    b = batcher(max_records=2, group_of=grouping_function("key", None))
+    closed = []
+    for i, key in enumerate(["a", "b", "a", "c", "b"]):
+        closed += b.add(rec(i, {"id": i}, key=key))
+    assert [(x.group, [r.offset for r in x.records]) for x in closed] == [
+        ("a", [0, 2]),
+        ("b", [1, 4]),
+    ]
+    assert [(x.group, len(x.records)) for x in b.flush()] == [("c", 1)]
+
+
+def test_grouping_by_attribute_and_missing_attribute() -> None:
+    b = batcher(max_records=2, group_of=grouping_function("attribute", "meta.type"))
+    closed = []
+    for i, kind in enumerate(["account", "contact", "account"]):
+        closed += b.add(rec(i, {"id": i, "meta": {"type": kind}}))
+    assert [(x.group, [r.offset for r in x.records]) for x in closed] == [("account", [0, 2])]
+    with pytest.raises(RecordError) as info:
+        b.add(rec(9, {"id": 9}))
+    assert info.value.reason == "missing-group-attribute"
+
+
+def test_drop_forgets_revoked_partitions_only() -> None:
+    b = batcher(max_records=10)
+    for i in range(4):
+        b.add(rec(i, {"id": i}, partition=i % 2))
+    assert b.drop({("t", 1)}) == 2
+    assert [r.offset for r in b.flush()[0].records] == [0, 2]

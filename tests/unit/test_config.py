@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from sink.config import Settings, describe_errors, load_settings, parse_headers
+
+BASE = {"CLARI_ENTITY_TYPE": "Account", "CLARI_API_TOKEN": "tok-123", "CLARI_PARTNER_KEY": "pk-456"}
+
+
+def errors(**values: str) -> list[str]:
+    with pytest.raises(ValueError) as info:
+        Settings(**{**BASE, **values})
+    return describe_errors(info.value)
+
+
+def test_defaults_follow_the_seed() -> None:
+    s = Settings(**BASE)
+    assert s.clari_template == "upload-entity-data"
+    assert s.mode_label == "incremental" and s.wire_mode == "incremental"
+    assert s.clari_is_last_batch == "true"
+    assert s.batch_size == 100 and s.batch_enabled and s.batch_grouping == "size"
+    assert s.content_format == "clari-datasets"
+    assert s.http_rate_limit == 100
+
+
+@pytest.mark.parametrize(
+    ("template", "mode", "wire"),
+    [
+        ("upload-entity-data", "Incremental", "incremental"),
+        ("upload-entity-data", "Full", "initial"),
+        ("ingest-bulk-entities", "Upsert", "incremental"),
+        ("ingest-bulk-entities", "Merge", "incremental"),
+        ("ingest-bulk-entities", "Replace", "initial"),
+    ],
+)
+def test_seed_modes_map_onto_the_published_contract(template: str, mode: str, wire: str) -> None:
+    assert Settings(**BASE, CLARI_TEMPLATE=template, CLARI_MODE=mode).wire_mode == wire
+
+
+def test_raw_mode_is_sent_as_is() -> None:
+    assert Settings(**BASE, CLARI_RAW_MODE="initial").wire_mode == "initial"
+
+
+def test_mode_of_the_other_template_is_refused_with_allowed_values() -> None:
+    lines = errors(CLARI_TEMPLATE="upload-entity-data", CLARI_MODE="Upsert")
+    assert any("CLARI_MODE" in line and "Incremental, Full" in line for line in lines)
+
+
+def test_unknown_enum_value_names_variable_and_allowed_values() -> None:
+    lines = errors(BATCH_GROUPING="random")
+    assert lines == ["BATCH_GROUPING='random': Input should be 'size', 'key' or 'attribute'"]
+
+
+def test_entity_type_is_required_by_templates_and_checked() -> None:
+    with pytest.raises(ValueError) as info:
+        Settings(CLARI_API_TOKEN="t", CLARI_PARTNER_KEY="p")
+    assert any("CLARI_ENTITY_TYPE" in line for line in describe_errors(info.value))
+    lines = errors(CLARI_ENTITY_TYPE="Lead")
+    assert any(
+        "CLARI_ENTITY_TYPE" in x and "Account, Contact, Opportunity, Activity" in x for x in lines
+    )
+    assert Settings(**{**BASE, "CLARI_ENTITY_TYPE": "opportunity"}).entity_path == "opportunity"
+
+
+def test_upload_batch_over_100_is_refused() -> None:
+    lines = errors(BATCH_SIZE="150")
+    assert any(line.startswith("BATCH_SIZE") and "1 to 100" in line for line in lines)
+    assert (
+        Settings(**BASE, BATCH_SIZE="150", CLARI_TEMPLATE="ingest-bulk-entities").batch_size == 150
+    )
+
+
+def test_manual_needs_url_and_attribute_grouping_needs_attribute() -> None:
+    assert any("CLARI_URL" in x for x in errors(CLARI_TEMPLATE="manual"))
+    assert any("BATCH_GROUP_ATTRIBUTE" in x for x in errors(BATCH_GROUPING="attribute"))
+
+
+def test_secret_values_are_never_echoed() -> None:
+    with pytest.raises(ValueError) as info:
+        Settings(**{**BASE, "CLARI_API_TOKEN": ["not", "a", "string"]})  # type: ignore[dict-item]
+    text = "\n".join(describe_errors(info.value))
+    assert "CLARI_API_TOKEN" in text and "not" not in text
+    s = Settings(**BASE)
+    assert "tok-123" not in repr(s) and "pk-456" not in str(s)
+
+
+def test_headers_form() -> None:
+    assert parse_headers("X-A:1, X-B: two ,") == {"X-A": "1", "X-B": "two"}
+    with pytest.raises(ValueError):
+        parse_headers("novalue")
+    assert any("CLARI_REQUEST_HEADERS" in x for x in errors(CLARI_REQUEST_HEADERS="broken"))
+
+
+def test_environment_and_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "sink.env"
+    path.write_text(
+        "KAFKA_TOPICS=a,b\nCLARI_ENTITY_TYPE=Contact\nCLARI_API_TOKEN=x\n"
+        "CLARI_PARTNER_KEY=y\nBATCH_SIZE=50\n"
+    )
+    monkeypatch.setenv("BATCH_SIZE", "25")
+    s = load_settings(path)
+    assert s.kafka_topics == ["a", "b"] and s.clari_entity_type == "Contact"
+    assert s.batch_size == 25  # the environment wins over the file
+
+
+def test_cli_exits_2_naming_the_setting() -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "KAFKA_TOPICS": "t",
+        "CLARI_ENTITY_TYPE": "Account",
+        "CLARI_API_TOKEN": "hush",
+        "CLARI_PARTNER_KEY": "p",
+        "BATCH_LINGER_MS": "-5",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "sink.cli", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "BATCH_LINGER_MS='-5'" in done.stderr and "greater than or equal to 0" in done.stderr
+    assert "hush" not in done.stderr + done.stdout

@@ -1,0 +1,164 @@
+"""The emulator must answer as Clari's published contract says (clari-api.md, part A)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+from aiohttp import FormData
+from aiohttp.test_utils import TestClient, TestServer
+
+from sink.emulator.app import build_app
+from sink.emulator.state import EmulatorState
+
+AUTH = {"apikey": "tok", "partnerkey": "pk"}
+
+
+def rec(i: int, **extra: object) -> dict[str, object]:
+    return {"id": f"R{i}", "createdAt": 1, "updatedAt": 2, **extra}
+
+
+def ds(*records: dict[str, object]) -> bytes:
+    return orjson.dumps([{"sourceEntity": "crm_account", "records": list(records)}])
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+    state = EmulatorState(api_token="tok", partner_key="pk", job_queued_s=0.05, job_running_s=0.05)
+    async with TestClient(TestServer(build_app(state))) as c:
+        yield c
+
+
+URL = "/v2/ingest/entity/account?mode=incremental&isLastBatch=true"
+
+
+async def test_auth_errors(client: TestClient) -> None:  # type: ignore[type-arg]
+    r = await client.post(URL, data=ds(rec(1)))
+    assert r.status == 401 and await r.json() == {"error": "Invalid authentication credentials"}
+    r = await client.post(URL, data=ds(rec(1)), headers={"apikey": "tok", "partnerkey": "bad"})
+    assert r.status == 401 and (await r.json())[0]["errorCode"] == "INVALID_PARTNER_KEY"
+
+
+async def test_upload_accepts_valid_records_with_empty_body(client: TestClient) -> None:  # type: ignore[type-arg]
+    r = await client.post(URL, data=ds(rec(1), rec(2)), headers=AUTH)
+    assert r.status == 200 and await r.read() == b""
+    got = await (await client.get("/_emulator/records")).json()
+    assert [x["record"]["id"] for x in got["records"]] == ["R1", "R2"]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (orjson.dumps({"records": []}), "array"),
+        (ds(*[rec(i) for i in range(101)]), "The number of records limit to 100"),
+        (ds(rec(1), rec(1)), "Duplicate record with value R1 for primary key field id"),
+        (ds({"id": "X", "updatedAt": 2}), "Missing required field createdAt"),
+        (ds(rec(1, createdAt="2024-01-01")), "Invalid date value"),
+    ],
+)
+async def test_upload_rejections(client: TestClient, body: bytes, needle: str) -> None:  # type: ignore[type-arg]
+    r = await client.post(URL, data=body, headers=AUTH)
+    assert r.status == 400
+    errors = await r.json()
+    assert errors[0]["errorCode"] == "INVALID_INPUT_FORMAT"
+    assert any(needle in e["errorSummary"] for e in errors)
+    assert (await (await client.get("/_emulator/records")).json())["count"] == 0
+
+
+async def test_bad_mode_and_unregistered_entity(client: TestClient) -> None:  # type: ignore[type-arg]
+    r = await client.post("/v2/ingest/entity/account?mode=upsert", data=ds(rec(1)), headers=AUTH)
+    assert r.status == 400
+    r = await client.post("/v2/ingest/entity/lead?mode=incremental", data=ds(rec(1)), headers=AUTH)
+    assert r.status == 428 and (await r.json())[0]["errorCode"] == "SCHEMA_MISSING"
+
+
+async def test_initial_after_initial_load_finished(client: TestClient) -> None:  # type: ignore[type-arg]
+    url = "/v2/ingest/entity/account?mode=initial&isLastBatch="
+    assert (await client.post(url + "false", data=ds(rec(1)), headers=AUTH)).status == 200
+    assert (await client.post(url + "true", data=ds(rec(2)), headers=AUTH)).status == 200
+    assert (await client.post(url + "true", data=ds(rec(3)), headers=AUTH)).status == 400
+
+
+async def bulk(client: TestClient, content: bytes) -> tuple[int, dict]:  # type: ignore[type-arg]
+    form = FormData()
+    form.add_field("FileData", content, filename="data.json", content_type="application/json")
+    r = await client.post(
+        "/v2/ingest/bulk/entity/account?mode=incremental&isLastBatch=true", data=form, headers=AUTH
+    )
+    return r.status, await r.json()
+
+
+async def poll(client: TestClient, job: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    for _ in range(100):
+        r = await client.get(f"/v2/ingest/job/{job}", headers=AUTH)
+        if r.status != 202:
+            return r.status, await r.json()
+        body = await r.json()
+        assert body["message"]["status"] in ("QUEUED", "IN_PROGRESS")
+        await asyncio.sleep(0.02)
+    raise AssertionError("job never ended")
+
+
+async def test_bulk_job_success(client: TestClient) -> None:  # type: ignore[type-arg]
+    status, body = await bulk(client, ds(*[rec(i) for i in range(250)]))
+    assert status == 202 and len(body["jobId"]) == 24
+    status, body = await poll(client, body["jobId"])
+    assert status == 200 and body["message"]["status"] == "SUCCESS"
+    assert (await (await client.get("/_emulator/records")).json())["count"] == 250
+
+
+async def test_bulk_job_validation_error_is_all_or_nothing(client: TestClient) -> None:  # type: ignore[type-arg]
+    status, body = await bulk(client, ds(rec(1), {"id": "bad"}))
+    assert status == 202
+    status, body = await poll(client, body["jobId"])
+    assert status == 400 and body["message"][0]["errorCode"] == "INVALID_INPUT_FORMAT"
+    assert (await (await client.get("/_emulator/records")).json())["count"] == 0
+
+
+async def test_bulk_not_json_and_unknown_job(client: TestClient) -> None:  # type: ignore[type-arg]
+    status, body = await bulk(client, b"id,name\n1,a")
+    assert status == 400 and body[0]["errorCode"] == "INVALID_FILE_FORMAT"
+    r = await client.get("/v2/ingest/job/" + "0" * 24, headers=AUTH)
+    assert r.status == 404 and "not found" in (await r.json())["error"]
+
+
+async def test_failed_job_answers_500(client: TestClient) -> None:  # type: ignore[type-arg]
+    await client.post("/_emulator/faults", json={"job_failure_rate": 1})
+    _, body = await bulk(client, ds(rec(1)))
+    status, body = await poll(client, body["jobId"])
+    assert status == 500 and "retry ingestion" in body["message"]
+
+
+async def test_rate_limit_is_100_per_second_per_token(client: TestClient) -> None:  # type: ignore[type-arg]
+    statuses = [(await client.post(URL, data=ds(rec(i)), headers=AUTH)).status for i in range(120)]
+    assert statuses.count(429) >= 1 and statuses[:100].count(200) == 100
+
+
+async def test_faults_are_settable_at_run_time(client: TestClient) -> None:  # type: ignore[type-arg]
+    r = await client.post("/_emulator/faults", json={"rate_503": 1, "retry_after_s": 2})
+    assert r.status == 200
+    r = await client.post(URL, data=ds(rec(1)), headers=AUTH)
+    assert r.status == 503 and r.headers["Retry-After"] == "2"
+    r = await client.post("/_emulator/faults", json={"rate_503": 0, "down_for_s": 30})
+    assert (await client.post(URL, data=ds(rec(1)), headers=AUTH)).status == 503
+    assert (await client.post("/_emulator/faults", json={"nonsense": 1})).status == 400
+
+
+async def test_part_b_form_bearer_v1(client: TestClient) -> None:  # type: ignore[type-arg]
+    r = await client.post(
+        "/v1/ingest/entity/Contact?mode=full&isLastBatch=true",
+        data=orjson.dumps([{"id": "C1", "name": "Åsa"}]),
+        headers={"Authorization": "Bearer tok"},
+    )
+    assert r.status == 202
+    job = (await r.json())["jobId"]
+    for _ in range(50):
+        r = await client.get(f"/v1/ingest/job/{job}", headers={"Authorization": "Bearer tok"})
+        if r.status == 200:
+            break
+        await asyncio.sleep(0.02)
+    assert r.status == 200
+    got = await (await client.get("/_emulator/records?entity=contact")).json()
+    assert got["records"][0]["record"] == {"id": "C1", "name": "Åsa"}

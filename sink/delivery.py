@@ -85,7 +85,6 @@ class Delivery:
         reporter: Reporter,
         metrics: Metrics,
         health: Health,
-        is_last_batch: Callable[[Batch], bool],
         on_pushback: Callable[[], None] = lambda: None,
         on_success: Callable[[], None] = lambda: None,
     ) -> None:
@@ -95,7 +94,6 @@ class Delivery:
         self.reporter = reporter
         self.metrics = metrics
         self.health = health
-        self.is_last_batch = is_last_batch
         self.on_pushback = on_pushback
         self.on_success = on_success
         self.backoff = Backoff(
@@ -109,7 +107,7 @@ class Delivery:
         calls = 0
         while batch.records:
             calls += 1
-            req = self.builder.build(batch, self.is_last_batch(batch))
+            req = self.builder.build(batch, batch.is_last)
             res = await self.http.call(req)
             self._observe(res)
             verdict = classify(res.status)

@@ -79,6 +79,11 @@ class OffsetTracker:
             if tp in self._parts and self._parts[tp].position() >= 0
         }
 
+    def consumed_to(self, tp: TP) -> int:
+        """One past the highest offset consumed from ``tp`` (-1 if none)."""
+        part = self._parts.get(tp)
+        return part.high if part is not None else -1
+
     def forget(self, tps: Iterable[TP]) -> None:
         for tp in tps:
             self._parts.pop(tp, None)

@@ -140,7 +140,6 @@ class Pipeline:
                 self.reporter,
                 self.metrics,
                 self.health,
-                self._is_last_batch,
                 on_pushback=self.limit.pushback,
                 on_success=self.limit.success,
             )
@@ -292,12 +291,13 @@ class Pipeline:
                 blocked |= keys
                 held.append(batch)
                 continue
-            self._start(batch, keys)
+            self._start(batch, keys, more_waiting=bool(self.waiting or held))
         self.waiting = held
 
-    def _start(self, batch: Batch, keys: set[bytes]) -> None:
+    def _start(self, batch: Batch, keys: set[bytes], more_waiting: bool) -> None:
         assert self.delivery is not None
         self.metrics.batch_records.observe(len(batch.records))
+        batch.is_last = self._is_last_batch(more_waiting)
         task = asyncio.create_task(self.delivery.deliver(batch), name=f"deliver {batch.id}")
         self.in_flight[task] = _InFlight(batch, list(batch.records), keys)
         self.keys_in_flight.update(keys)
@@ -324,25 +324,17 @@ class Pipeline:
             self.tracker.resolve(r.topic, r.partition, r.offset)
         self._pump()
 
-    def _is_last_batch(self, batch: Batch) -> bool:
+    def _is_last_batch(self, more_waiting: bool) -> bool:
         setting = self.s.clari_is_last_batch
         if setting != "auto":
             return setting == "true"
         # Auto: true only for the call that catches up with the end of every assigned partition.
-        if self.batcher.open_batches or self.waiting:
+        if self.batcher.open_batches or more_waiting:
             return False
         assert self.source is not None
         for tp in self.source.assignment:
             high = self.source.cached_high_watermark(tp)
-            seen = self.tracker.positions([tp]).get(tp, -1)
-            consumed_to = max(
-                seen,
-                max(
-                    (r.offset + 1 for r in batch.records if (r.topic, r.partition) == tp),
-                    default=-1,
-                ),
-            )
-            if high is not None and high > 0 and consumed_to < high:
+            if high is not None and high > 0 and self.tracker.consumed_to(tp) < high:
                 return False
         return True
 

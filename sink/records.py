@@ -75,6 +75,7 @@ class Batch:
     records: list[SinkRecord] = field(default_factory=list)
     nbytes: int = 0
     opened_at: float = field(default_factory=time.monotonic)
+    is_last: bool = True  # isLastBatch, fixed when the batch is dispatched
 
     @property
     def keys(self) -> set[bytes]:

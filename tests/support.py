@@ -264,3 +264,24 @@ class SinkProcess:
         out = self.output()
         assert code == 0, f"sink exited {code}:\n{out}"
         return out
+
+
+def run_sink(
+    kafka: str, emulator: Emulator, log_dir: Path, topic: str, **overrides: Any
+) -> dict[str, str]:
+    """Run ``clari-sink run --until-drained`` over ``topic`` with these settings; return them."""
+    env = sink_env(kafka, emulator, topic, **overrides)
+    SinkProcess(env, "--until-drained", log_dir=log_dir).run_to_end()
+    return env
+
+
+def responses(kafka: str, env: dict[str, str], expect: int | None = None) -> list[dict[str, Any]]:
+    return [orjson.loads(m.value()) for m in consume_all(kafka, env["RESPONSE_TOPIC"], expect)]
+
+
+def seeded_topic(
+    kafka: str, records: list[dict[str, Any]], partitions: int = 1, prefix: str = "crm"
+) -> str:
+    topic = create_topic(kafka, unique(prefix), partitions)
+    produce_json(kafka, topic, records)
+    return topic

@@ -22,6 +22,7 @@ class Faults:
     latency_jitter_ms: float = 0.0
     down_until: float = 0.0  # epoch seconds; until then every API call gets 503
     job_failure_rate: float = 0.0  # bulk jobs that end FAILED
+    fail_next_jobs: float = 0.0  # this many of the next jobs end FAILED
     retry_after_s: float | None = None  # sent with injected 429/503 when set
 
     def update(self, values: dict[str, Any]) -> None:
@@ -136,11 +137,9 @@ class EmulatorState:
         )
 
     def new_job(self, **kwargs: Any) -> Job:
-        job = Job(
-            id=secrets.token_hex(12),
-            submitted=time.time(),
-            will_fail=self.rng.random() < self.faults.job_failure_rate,
-            **kwargs,
-        )
+        fail = self.rng.random() < self.faults.job_failure_rate or self.faults.fail_next_jobs >= 1
+        if self.faults.fail_next_jobs >= 1:
+            self.faults.fail_next_jobs -= 1
+        job = Job(id=secrets.token_hex(12), submitted=time.time(), will_fail=fail, **kwargs)
         self.jobs[job.id] = job
         return job

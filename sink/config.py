@@ -145,6 +145,18 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
     log_format: Literal["json", "text"] = Field("json", alias="LOG_FORMAT")
 
+    @field_validator(
+        "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password",
+        "kafka_ssl_ca_location", "clari_entity_type", "clari_mode", "clari_raw_mode",
+        "clari_source_entity", "clari_api_token", "clari_partner_key", "clari_url",
+        "clari_content_format", "batch_group_attribute",
+        mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # An empty variable (KEY= in a file, or a blank in compose) means "not set".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("kafka_topics", "clari_exclude_attributes", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:

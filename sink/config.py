@@ -127,7 +127,9 @@ class Settings(BaseSettings):
     http_max_in_flight: int = Field(8, ge=1, le=1_000, alias="HTTP_MAX_IN_FLIGHT")
     http_timeout_s: float = Field(30.0, gt=0, alias="HTTP_TIMEOUT_S")
     http_rate_limit: float = Field(100.0, gt=0, alias="HTTP_RATE_LIMIT")
-    retry_max_attempts: int = Field(10, ge=0, alias="RETRY_MAX_ATTEMPTS")
+    # 0: retry transient failures until they clear; an outage must not empty a topic into
+    # the dead-letter topic. A limit trades that for never blocking on one batch.
+    retry_max_attempts: int = Field(0, ge=0, alias="RETRY_MAX_ATTEMPTS")
     retry_backoff_initial_ms: int = Field(200, ge=1, alias="RETRY_BACKOFF_INITIAL_MS")
     retry_backoff_max_ms: int = Field(30_000, ge=1, alias="RETRY_BACKOFF_MAX_MS")
     job_poll_initial_ms: int = Field(500, ge=10, alias="JOB_POLL_INITIAL_MS")

@@ -356,6 +356,7 @@ class Pipeline:
             return
         self.tracker.mark_committed(positions)
         self.metrics.commits.labels(result="ok").inc()
+        self.health.clear("kafka")
 
     async def drained(self) -> bool:
         """Every assigned partition is consumed to its end, resolved and committed."""

@@ -39,11 +39,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return EXIT_BAD_SETTINGS
     setup_logging(settings.log_level, settings.log_format)
+    from confluent_kafka import KafkaException
+
     from sink.admin import start_admin
     from sink.pipeline import Pipeline
 
     async def main() -> int:
         pipeline = Pipeline(settings)
+        try:
+            pipeline.check_kafka_config()
+        except KafkaException as exc:
+            print(f"clari-sink: the Kafka client refuses these settings, not starting:\n"
+                  f"  - {exc.args[0].str()}", file=sys.stderr)  # fmt: skip
+            return EXIT_BAD_SETTINGS
         runner = None
         if settings.admin_port:
             runner = await start_admin(pipeline, settings.admin_host, settings.admin_port)

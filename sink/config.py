@@ -277,6 +277,10 @@ class Settings(BaseSettings):
                     f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}",
                 )
             )
+        if self.kafka_max_poll_interval_ms < self.kafka_session_timeout_ms:
+            problems.append(("KAFKA_MAX_POLL_INTERVAL_MS", f"{self.kafka_max_poll_interval_ms} is "
+                             f"below KAFKA_SESSION_TIMEOUT_MS={self.kafka_session_timeout_ms}; "
+                             "Kafka needs the poll interval at least as long"))  # fmt: skip
         if problems:
             raise SettingsError(problems)
         return self

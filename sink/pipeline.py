@@ -15,11 +15,11 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, Message
 
 from sink.batching import Batcher, grouping_function
 from sink.config import Settings
-from sink.consumer import TP, KafkaSource
+from sink.consumer import TP, KafkaSource, consumer_config
 from sink.decoding import RecordError, Shaper
 from sink.delivery import Delivery
 from sink.endpoint import EndpointBuilder
@@ -105,6 +105,10 @@ class Pipeline:
         self.metrics.active.set(1 if self.active else 0)
 
     # ------------------------------------------------------------------ lifecycle
+    def check_kafka_config(self) -> None:
+        """Let librdkafka judge its settings before anything starts (raises KafkaException)."""
+        Consumer(consumer_config(self.s)).close()
+
     def request_stop(self) -> None:
         log.info("stop requested: draining in-flight batches")
         self._stop.set()

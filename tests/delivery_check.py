@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from confluent_kafka import Producer
 
 from devkit.sample_data import crm_record
-from tests.support import Emulator, produce
+from tests.support import Emulator
 
 
 def keyed(i: int, keys: int) -> tuple[bytes, bytes]:
@@ -35,13 +36,20 @@ class Feed:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        chunk = max(1, int(self.rate / 10))
-        i = self.start
-        while i < self.start + self.n:
-            hi = min(i + chunk, self.start + self.n)
-            produce(self.kafka, self.topic, (keyed(j, self.keys) for j in range(i, hi)))
-            i = hi
-            time.sleep(0.1)
+        producer = Producer(
+            {"bootstrap.servers": self.kafka, "linger.ms": 5, "enable.idempotence": True}
+        )
+        chunk = max(1, int(self.rate / 20))
+        started = time.monotonic()
+        for n, i in enumerate(range(self.start, self.start + self.n)):
+            key, value = keyed(i, self.keys)
+            producer.produce(self.topic, key=key, value=value)
+            if n % chunk == chunk - 1:
+                producer.poll(0)
+                ahead = started + (n + 1) / self.rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+        assert producer.flush(60) == 0
 
     def begin(self) -> Feed:
         self.thread.start()

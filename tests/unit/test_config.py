@@ -125,3 +125,8 @@ def test_cli_exits_2_naming_the_setting() -> None:
     assert done.returncode == 2
     assert "BATCH_LINGER_MS='-5'" in done.stderr and "greater than or equal to 0" in done.stderr
     assert "hush" not in done.stderr + done.stdout
+
+
+def test_poll_interval_below_session_timeout_is_refused() -> None:
+    lines = errors(KAFKA_SESSION_TIMEOUT_MS="45000", KAFKA_MAX_POLL_INTERVAL_MS="10000")
+    assert any(x.startswith("KAFKA_MAX_POLL_INTERVAL_MS") for x in lines)

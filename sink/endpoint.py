@@ -30,6 +30,11 @@ class PreparedRequest:
     body: bytes
     records: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    nbytes: int = -1  # the body's size, kept once the body itself is released
+
+    def __post_init__(self) -> None:
+        if self.nbytes < 0:
+            self.nbytes = len(self.body)
 
 
 class EndpointBuilder:
@@ -99,7 +104,6 @@ class EndpointBuilder:
     # -- the request ---------------------------------------------------------------
     def build(self, batch: Batch, is_last: bool) -> PreparedRequest:
         s = self.s
-        body = render(self.format, batch.records, s.source_entity)
         headers = {
             "User-Agent": f"clari-sink/{__version__}",
             **s.extra_headers,
@@ -108,9 +112,11 @@ class EndpointBuilder:
         method = "POST" if self.template != "manual" else s.clari_method
         if self.template == "ingest-bulk-entities":
             boundary = f"clari-sink-{uuid.uuid4().hex}"
-            body = _multipart(boundary, body)
+            head, tail = _multipart_envelope(boundary)
+            body = render(self.format, batch.records, s.source_entity, head, tail)
             headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
         else:
+            body = render(self.format, batch.records, s.source_entity)
             headers["Content-Type"] = CONTENT_TYPES[self.format]
         return PreparedRequest(
             method=method,
@@ -153,9 +159,10 @@ class EndpointBuilder:
         return text
 
 
-def _multipart(boundary: str, content: bytes) -> bytes:
+def _multipart_envelope(boundary: str) -> tuple[bytes, bytes]:
+    """What goes before and after the JSON file in a one-part multipart/form-data body."""
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="{BULK_FILE_FIELD}"; '
         f'filename="{BULK_FILE_NAME}"\r\nContent-Type: application/json\r\n\r\n'
     )
-    return head.encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    return head.encode(), f"\r\n--{boundary}--\r\n".encode()

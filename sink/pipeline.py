@@ -173,8 +173,7 @@ class Pipeline:
         while not self._stop.is_set():
             self.health.beat()
             msgs = await self.source.consume(CONSUME_BATCH, self._poll_timeout())
-            for msg in msgs:
-                self._handle(msg)
+            self._handle(msgs)
             if self._fatal is not None:
                 return
             self.waiting.extend(self.batcher.due())
@@ -232,25 +231,31 @@ class Pipeline:
         log.info("sink stopped", extra={"consumed": self.consumed})
 
     # ------------------------------------------------------------------ per record
-    def _handle(self, msg: Message) -> None:
-        err = msg.error()
-        if err is not None:
-            if err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error: %s", err)
-            return
-        record = SinkRecord.from_message(msg)
-        self.tracker.track(record.topic, record.partition, record.offset)
-        self.consumed += 1
-        self.metrics.consumed.labels(topic=record.topic).inc()
-        self.health.clear("kafka")
-        try:
-            self.shaper.shape(record)
-            closed = self.batcher.add(record)
-        except RecordError as exc:
-            self._reject(record, exc)
-            return
-        if closed:
-            self.waiting.extend(closed)
+    def _handle(self, msgs: list[Message]) -> None:
+        """The per-record hot path: track, shape, batch. Kept lean on purpose."""
+        track, shape, add = self.tracker.track, self.shaper.shape, self.batcher.add
+        per_topic: Counter[str] = Counter()
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err)
+                continue
+            record = SinkRecord.from_message(msg)
+            track(record.topic, record.partition, record.offset)
+            per_topic[record.topic] += 1
+            try:
+                closed = add(record, shape(record))
+            except RecordError as exc:
+                self._reject(record, exc)
+                continue
+            if closed:
+                self.waiting.extend(closed)
+        for topic, count in per_topic.items():
+            self.consumed += count
+            self.metrics.consumed.labels(topic=topic).inc(count)
+        if per_topic:
+            self.health.clear("kafka")
 
     def _reject(self, record: SinkRecord, exc: RecordError) -> None:
         if exc.reason == "null-value":

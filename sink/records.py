@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import orjson
 from confluent_kafka import Message
 
 Headers = list[tuple[str, str | bytes | None]]
@@ -22,9 +23,9 @@ class SinkRecord:
     value: bytes | None
     headers: Headers | None
     timestamp_ms: int
-    data: dict[str, Any] | None = None  # the record after decoding and shaping
-    body: bytes = b""  # ``data`` encoded as JSON, once, for the request body
+    body: bytes = b""  # the shaped record as JSON, encoded once, for the request body
     group: str = ""  # what the grouping algorithm put it with
+    rid: Any = None  # its id (CLARI_ID_FIELD), for duplicate cuts and named rejections
 
     @classmethod
     def from_message(cls, msg: Message) -> SinkRecord:
@@ -38,6 +39,13 @@ class SinkRecord:
             cast("Headers | None", msg.headers()),
             msg.timestamp()[1],
         )
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The shaped record, decoded again on demand: buffered records keep only bytes,
+        a fraction of the memory of the decoded objects."""
+        data: dict[str, Any] = orjson.loads(self.body) if self.body else {}
+        return data
 
     @property
     def nbytes(self) -> int:

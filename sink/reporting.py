@@ -81,7 +81,7 @@ class Reporter:
                 "method": req.method,
                 "url": self._mask(req.url),
                 "records": req.records,
-                "bytes": len(req.body),
+                "bytes": req.nbytes,
             },
             "status": res.status,
             "error": res.error,

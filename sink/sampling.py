@@ -69,8 +69,7 @@ def sample_requests(
     rejected: list[tuple[SinkRecord, str]] = []
     for record in records:
         try:
-            shaper.shape(record)
-            batches.extend(batcher.add(record))
+            batches.extend(batcher.add(record, shaper.shape(record)))
         except RecordError as exc:
             rejected.append((record, str(exc)))
     batches.extend(batcher.flush())

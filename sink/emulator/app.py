@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email
-import email.policy
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -183,22 +181,21 @@ async def upload(request: web.Request) -> web.Response:
 async def _bulk_file(request: web.Request) -> bytes | web.Response:
     """The first file part of a multipart body (the logging middleware already read it)."""
     ctype = request.headers.get("Content-Type", "")
-    if not ctype.startswith("multipart/"):
+    boundary = ctype.partition("boundary=")[2].strip('"')
+    if not ctype.startswith("multipart/") or not boundary:
         return _json(
             [c.error("INVALID_FILE_FORMAT", "Expected multipart/form-data with a JSON file")], 400
         )
     raw = await request.read()
-    msg = email.message_from_bytes(
-        f"Content-Type: {ctype}\r\n\r\n".encode() + raw, policy=email.policy.HTTP
-    )
-    for part in msg.iter_parts() if msg.is_multipart() else ():
-        if part.get_filename() is not None:
-            data = part.get_payload(decode=True)
-            if not isinstance(data, bytes):
-                break
-            if len(data) > c.BULK_MAX_BYTES:
+    # Split on the boundary by hand: files reach 10 MB, and bytes.split runs at memchr speed.
+    for part in raw.split(b"--" + boundary.encode())[1:]:
+        head, sep, content = part.partition(b"\r\n\r\n")
+        if sep and b"filename=" in head:
+            if content.endswith(b"\r\n"):
+                content = content[:-2]
+            if len(content) > c.BULK_MAX_BYTES:
                 return _json([c.error("PAYLOAD_TOO_LARGE", "The file is larger than 10 MB")], 413)
-            return data
+            return content
     return _json([c.error("INVALID_FILE_FORMAT", "No file part in the request")], 400)
 
 
@@ -340,11 +337,25 @@ async def get_requests(request: web.Request) -> web.Response:
 
 async def get_stats(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    lat = sorted(state.latencies_ms)
+
+    def pct(p: float) -> int | None:
+        return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] if lat else None
+
     return _json(
         {
             "counters": state.counters,
             "records": len(state.records),
             "jobs": {jid: _settle(state, j) for jid, j in state.jobs.items()},
+            "firstAcceptAt": state.first_accept or None,
+            "lastAcceptAt": state.last_accept or None,
+            "latencyMs": {
+                "count": len(lat),
+                "p50": pct(50),
+                "p99": pct(99),
+                "p99.9": pct(99.9),
+                "max": lat[-1] if lat else None,
+            },
         }
     )
 

@@ -82,6 +82,9 @@ class EmulatorState:
     counters: dict[str, int] = field(default_factory=dict)
     _windows: dict[str, deque[float]] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
+    latencies_ms: list[int] = field(default_factory=list)
+    first_accept: float = 0.0
+    last_accept: float = 0.0
 
     def reset(self) -> None:
         self.records.clear()
@@ -91,6 +94,8 @@ class EmulatorState:
         self.counters.clear()
         self._windows.clear()
         self.faults = Faults()
+        self.latencies_ms.clear()
+        self.first_accept = self.last_accept = 0.0
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -117,6 +122,10 @@ class EmulatorState:
         for ds in datasets:
             for rec in ds.get("records", []):
                 n += 1
+                produced = rec.get("producedAt") if isinstance(rec, dict) else None
+                if isinstance(produced, int):
+                    # Benchmarks stamp records: time from the Kafka timestamp to arrival here.
+                    self.latencies_ms.append(now_ms - produced)
                 if self.store_records:
                     self.records.append(
                         {
@@ -127,6 +136,9 @@ class EmulatorState:
                         }
                     )
         self.count("records_accepted", n)
+        if n:
+            self.first_accept = self.first_accept or time.time()
+            self.last_accept = time.time()
         return n
 
     def active_jobs(self) -> int:

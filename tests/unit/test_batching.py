@@ -24,6 +24,10 @@ def rec(offset: int, data: dict, key: str | None = None, partition: int = 0) -> 
     return r
 
 
+def add(b: Batcher, r: SinkRecord) -> list:  # type: ignore[type-arg]
+    return b.add(r, r.data)
+
+
 def batcher(clock: Clock | None = None, **kw) -> Batcher:  # type: ignore[no-untyped-def]
     args = {
         "max_records": 3,
@@ -38,7 +42,7 @@ def batcher(clock: Clock | None = None, **kw) -> Batcher:  # type: ignore[no-unt
 
 def test_closes_at_batch_size_in_arrival_order() -> None:
     b = batcher()
-    closed = [batch for i in range(7) for batch in b.add(rec(i, {"id": i}))]
+    closed = [batch for i in range(7) for batch in add(b, rec(i, {"id": i}))]
     assert [[r.offset for r in x.records] for x in closed] == [[0, 1, 2], [3, 4, 5]]
     assert closed[0].id == "t-0-0-n3"
     assert b.buffered_records == 1
@@ -49,7 +53,7 @@ def test_closes_at_batch_size_in_arrival_order() -> None:
 def test_linger_sends_partial_batches() -> None:
     clock = Clock()
     b = batcher(clock)
-    b.add(rec(0, {"id": 0}))
+    add(b, rec(0, {"id": 0}))
     clock.now = 0.5
     assert b.due() == []
     assert b.next_deadline() == 1.0
@@ -61,7 +65,7 @@ def test_linger_sends_partial_batches() -> None:
 def test_byte_cap_cuts_before_passing_it() -> None:
     one = rec(0, {"id": 0, "pad": "x" * 100})
     b = batcher(max_records=100, max_bytes=one.nbytes * 2 + 1)
-    closed = [x for i in range(5) for x in b.add(rec(i, {"id": i, "pad": "x" * 100}))]
+    closed = [x for i in range(5) for x in add(b, rec(i, {"id": i, "pad": "x" * 100}))]
     assert [len(x.records) for x in closed] == [2, 2]
     assert all(x.nbytes <= one.nbytes * 2 + 1 for x in closed)
 
@@ -69,13 +73,13 @@ def test_byte_cap_cuts_before_passing_it() -> None:
 def test_record_over_the_byte_cap_is_refused() -> None:
     b = batcher(max_bytes=1024)
     with pytest.raises(RecordError) as info:
-        b.add(rec(0, {"id": 0, "pad": "x" * 2000}))
+        add(b, rec(0, {"id": 0, "pad": "x" * 2000}))
     assert info.value.reason == "record-too-large"
 
 
 def test_repeated_id_starts_a_new_batch_keeping_order() -> None:
     b = batcher(max_records=10)
-    closed = b.add(rec(0, {"id": "A"})) + b.add(rec(1, {"id": "B"})) + b.add(rec(2, {"id": "A"}))
+    closed = add(b, rec(0, {"id": "A"})) + add(b, rec(1, {"id": "B"})) + add(b, rec(2, {"id": "A"}))
     assert [[r.offset for r in x.records] for x in closed] == [[0, 1]]
     assert [r.offset for r in b.flush()[0].records] == [2]
 
@@ -84,7 +88,7 @@ def test_grouping_by_key_keeps_keys_together() -> None:
     b = batcher(max_records=2, group_of=grouping_function("key", None))
     closed = []
     for i, key in enumerate(["a", "b", "a", "c", "b"]):
-        closed += b.add(rec(i, {"id": i}, key=key))
+        closed += add(b, rec(i, {"id": i}, key=key))
     assert [(x.group, [r.offset for r in x.records]) for x in closed] == [
         ("a", [0, 2]),
         ("b", [1, 4]),
@@ -96,16 +100,16 @@ def test_grouping_by_attribute_and_missing_attribute() -> None:
     b = batcher(max_records=2, group_of=grouping_function("attribute", "meta.type"))
     closed = []
     for i, kind in enumerate(["account", "contact", "account"]):
-        closed += b.add(rec(i, {"id": i, "meta": {"type": kind}}))
+        closed += add(b, rec(i, {"id": i, "meta": {"type": kind}}))
     assert [(x.group, [r.offset for r in x.records]) for x in closed] == [("account", [0, 2])]
     with pytest.raises(RecordError) as info:
-        b.add(rec(9, {"id": 9}))
+        add(b, rec(9, {"id": 9}))
     assert info.value.reason == "missing-group-attribute"
 
 
 def test_drop_forgets_revoked_partitions_only() -> None:
     b = batcher(max_records=10)
     for i in range(4):
-        b.add(rec(i, {"id": i}, partition=i % 2))
+        add(b, rec(i, {"id": i}, partition=i % 2))
     assert b.drop({("t", 1)}) == 2
     assert [r.offset for r in b.flush()[0].records] == [0, 2]

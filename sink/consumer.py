@@ -29,11 +29,13 @@ TP = tuple[str, int]
 
 # librdkafka's defaults prefetch up to 64 MB and, once that queue is full, wait a whole
 # second (fetch.queue.backoff.ms) before fetching again. A small queue refilled at once
-# measured 1.3M records/s at ~100 MB peak here, against 175k/s at ~150 MB with defaults.
+# measured 1.24M records/s of 1 KB at 75 MB peak RSS here, against 175k/s at 150 MB
+# with the defaults (bench/README.md).
 FETCH_TUNING: dict[str, Any] = {
-    "queued.max.messages.kbytes": 8_192,
-    "fetch.queue.backoff.ms": 10,
-    "fetch.max.bytes": 16 * 1024 * 1024,
+    "queued.max.messages.kbytes": 2_048,
+    "fetch.queue.backoff.ms": 5,
+    "fetch.max.bytes": 4 * 1024 * 1024,
+    "max.partition.fetch.bytes": 512 * 1024,
 }
 RebalanceHook = Callable[[list[TP]], None]
 

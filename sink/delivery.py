@@ -102,7 +102,10 @@ class Delivery:
         self.follow_jobs = settings.clari_template != "upload-entity-data"
         self.kind = "bulk" if settings.clari_template == "ingest-bulk-entities" else "ingest"
 
-    async def deliver(self, batch: Batch) -> None:
+    async def deliver(self, batch: Batch, on_sent: Callable[[], None] = lambda: None) -> None:
+        """Deliver ``batch``. ``on_sent`` is called once the API has given its final answer
+        (no further call will be made for this batch), before that answer is published:
+        the caller may then let the next batch with the same keys go, and start another."""
         attempt = 0  # calls that count against RETRY_MAX_ATTEMPTS
         calls = 0
         while batch.records:
@@ -133,9 +136,11 @@ class Delivery:
                     )
                     job = await self._follow_job(batch, job_id)
                     if job.state == "SUCCESS":
+                        on_sent()
                         await self._publish_job(batch, job, job_id, calls, "delivered")
                         return self._delivered(batch)
                     if job.state == "VALIDATION_ERROR":
+                        on_sent()
                         await self._publish_job(batch, job, job_id, calls, "dead-lettered")
                         await self.reporter.dead_letter(
                             batch.records,
@@ -148,12 +153,15 @@ class Delivery:
                         return
                     # FAILED, lost or timed out: the whole file is submitted again.
                     outcome = "retrying" if not self._exhausted(attempt) else "dead-lettered"
+                    if self._exhausted(attempt):
+                        on_sent()
                     await self._publish_job(batch, job, job_id, calls, outcome)
                     if await self._gave_up(
                         batch, attempt, calls, f"job-{job.state.lower()}", job.result, job.errors
                     ):
                         return
                     continue
+                on_sent()
                 await self.reporter.api_call(
                     batch,
                     req,
@@ -170,6 +178,7 @@ class Delivery:
                 if ids and len(ids) < len(batch.records):
                     # The API named the culprits: dead-letter those, send the rest again.
                     bad = [r for r in batch.records if r.rid is not None and str(r.rid) in ids]
+                    gone = {id(r) for r in bad}
                     await self.reporter.api_call(
                         batch, req, res, attempt=calls, outcome="partially-rejected", kind=self.kind
                     )
@@ -181,8 +190,9 @@ class Delivery:
                         error=body,
                         attempts=calls,
                     )
-                    batch.records = [r for r in batch.records if r not in bad]
+                    batch.records = [r for r in batch.records if id(r) not in gone]
                     continue
+                on_sent()
                 await self.reporter.api_call(
                     batch, req, res, attempt=calls, outcome="dead-lettered", kind=self.kind
                 )
@@ -203,6 +213,8 @@ class Delivery:
             if res.status in PUSHBACK:
                 self.on_pushback()
             exhausted = verdict is Verdict.RETRY and self._exhausted(attempt)
+            if exhausted:
+                on_sent()
             await self.reporter.api_call(
                 batch,
                 req,

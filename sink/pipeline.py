@@ -42,6 +42,7 @@ class _InFlight:
     batch: Batch
     records: list[SinkRecord]  # as dispatched: delivery may shrink batch.records
     keys: set[bytes]
+    sending: bool = True  # False once the API gave its final answer (publishing remains)
 
 
 class FatalError(Exception):
@@ -92,6 +93,7 @@ class Pipeline:
         self.waiting: deque[Batch] = deque()
         self.in_flight: dict[asyncio.Task[None], _InFlight] = {}
         self.keys_in_flight: Counter[bytes] = Counter()
+        self.sending = 0  # batches in flight still waiting for the API's final answer
         self.side_tasks: set[asyncio.Task[None]] = set()  # dead letters of single records
         self.active = settings.active
         self.backpressure = False
@@ -290,7 +292,7 @@ class Pipeline:
         blocked: set[bytes] = set()
         held: deque[Batch] = deque()
         while self.waiting:
-            if len(self.in_flight) >= self.limit.current:
+            if self.sending >= self.limit.current:
                 held.extend(self.waiting)
                 self.waiting.clear()
                 break
@@ -307,19 +309,34 @@ class Pipeline:
         assert self.delivery is not None
         self.metrics.batch_records.observe(len(batch.records))
         batch.is_last = self._is_last_batch(more_waiting)
-        task = asyncio.create_task(self.delivery.deliver(batch), name=f"deliver {batch.id}")
-        self.in_flight[task] = _InFlight(batch, list(batch.records), keys)
+        flight = _InFlight(batch, list(batch.records), keys)
+        task = asyncio.create_task(
+            self.delivery.deliver(batch, on_sent=lambda: self._sent(flight)),
+            name=f"deliver {batch.id}",
+        )
+        self.in_flight[task] = flight
         self.keys_in_flight.update(keys)
+        self.sending += 1
         task.add_done_callback(self._finished)
+
+    def _sent(self, flight: _InFlight) -> None:
+        """The API's final answer is in: free the slot and the keys for the next batches,
+        while the answer is published and the offsets wait for that."""
+        if not flight.sending:
+            return
+        flight.sending = False
+        self.sending -= 1
+        self.keys_in_flight.subtract(flight.keys)
+        for key in flight.keys:
+            if self.keys_in_flight[key] <= 0:
+                del self.keys_in_flight[key]
+        self._pump()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         flight = self.in_flight.pop(task, None)
         if flight is None:
             return
-        self.keys_in_flight.subtract(flight.keys)
-        for key in flight.keys:
-            if self.keys_in_flight[key] <= 0:
-                del self.keys_in_flight[key]
+        self._sent(flight)
         if task.cancelled():
             return
         exc = task.exception()

@@ -32,7 +32,7 @@ class AsyncProducer:
         base: dict[str, Any] = {
             "enable.idempotence": True,  # no duplicates from the producer's own retries
             "acks": "all",
-            "linger.ms": 5,
+            "linger.ms": 1,  # a batch waits for its response to be acknowledged
             "compression.type": "lz4",
             # Fail a write within a minute so the caller sees it, says so, and retries it.
             "message.timeout.ms": 60_000,

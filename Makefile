@@ -37,6 +37,7 @@ test: $(STAMP) kafka-jars lint
 	$(BIN)/pytest -q -ra --durations=10
 
 bench: $(STAMP) kafka-jars
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench.run $(ARGS)
 
 clean:

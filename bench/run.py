@@ -365,6 +365,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record-bytes", type=int, default=1_000)
     parser.add_argument("--live-seconds", type=float, default=20.0)
     parser.add_argument("--quick", action="store_true", help="skip the 60 s outage run")
+    parser.add_argument(
+        "--bulk-buffer-mib",
+        type=int,
+        default=32,
+        help="SINK_MAX_BUFFERED_BYTES for the bulk run (default: the sink's)",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="run only these scenarios (the baseline always runs)",
+    )
     parser.add_argument("--no-chart", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
@@ -398,35 +410,48 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         report(run_baseline(bootstrap, topic, n))
-        report(run_backlog("upload-0ms", bootstrap, topic, n))
-        report(run_backlog("upload-50ms", bootstrap, topic, n, latency_ms=50))
-        report(
-            run_backlog(
-                "bulk",
-                bootstrap,
-                topic,
-                n,
-                CLARI_TEMPLATE="ingest-bulk-entities",
-                BATCH_SIZE=20_000,
-                BATCH_MAX_BYTES=9_000_000,
-                JOB_POLL_INITIAL_MS=50,
-                JOB_POLL_MAX_MS=200,
+
+        def want(name: str) -> bool:
+            return args.only is None or name in args.only
+
+        if want("upload-0ms"):
+            report(run_backlog("upload-0ms", bootstrap, topic, n))
+        if want("upload-50ms"):
+            report(run_backlog("upload-50ms", bootstrap, topic, n, latency_ms=50))
+        if want("bulk"):
+            report(
+                run_backlog(
+                    "bulk",
+                    bootstrap,
+                    topic,
+                    n,
+                    CLARI_TEMPLATE="ingest-bulk-entities",
+                    BATCH_SIZE=20_000,
+                    BATCH_MAX_BYTES=9_000_000,
+                    SINK_MAX_BUFFERED_BYTES=args.bulk_buffer_mib * 1024 * 1024,
+                    JOB_POLL_INITIAL_MS=50,
+                    JOB_POLL_MAX_MS=200,
+                )
             )
-        )
         live_n = int(10_000 * args.live_seconds)
-        report(run_live("live-10k", bootstrap, args.partitions, live_n, 10_000, args.record_bytes))
-        half = results[1]["records_per_s"] / 2
-        report(
-            run_live(
-                "live-half-max",
-                bootstrap,
-                args.partitions,
-                int(half * args.live_seconds),
-                half,
-                args.record_bytes,
+        if want("live-10k"):
+            report(
+                run_live("live-10k", bootstrap, args.partitions, live_n, 10_000, args.record_bytes)
             )
-        )
-        if not args.quick:
+        if want("live-half-max"):
+            upload = [r for r in results if r["scenario"] == "upload-0ms"]
+            half = upload[0]["records_per_s"] / 2 if upload else 10_000
+            report(
+                run_live(
+                    "live-half-max",
+                    bootstrap,
+                    args.partitions,
+                    int(half * args.live_seconds),
+                    half,
+                    args.record_bytes,
+                )
+            )
+        if not args.quick and want("api-down-60s"):
             report(run_backlog("api-down-60s", bootstrap, topic, n, down_s=60))
         base = results[0]["records_per_s"]
         for res in results:

@@ -38,3 +38,20 @@ def test_sink_environment_names_are_settings_the_sink_reads() -> None:
 def test_dockerfile_runs_the_cli() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["clari-sink"]' in text and "USER 10001" in text
+
+
+def test_kubernetes_manifests_use_real_settings_and_probes() -> None:
+    docs = {}
+    for path in (ROOT / "deploy" / "kubernetes").glob("*.yaml"):
+        doc = yaml.safe_load(path.read_text())
+        docs[doc["kind"]] = doc
+    assert set(docs) == {"ConfigMap", "Secret", "Deployment", "Service"}
+    known = {info.alias for info in Settings.model_fields.values()}
+    assert set(docs["ConfigMap"]["data"]) <= known
+    assert set(docs["Secret"]["stringData"]) <= known
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    grace = pod["terminationGracePeriodSeconds"]
+    assert grace > float(docs["ConfigMap"]["data"]["SINK_SHUTDOWN_TIMEOUT_S"])

@@ -285,3 +285,14 @@ def seeded_topic(
     topic = create_topic(kafka, unique(prefix), partitions)
     produce_json(kafka, topic, records)
     return topic
+
+
+def all_committed(kafka: str, env: dict[str, str], topic: str) -> bool:
+    """The sink's group has committed every partition of ``topic`` to its end."""
+    return committed(kafka, env["KAFKA_GROUP_ID"], topic) == end_offsets(kafka, topic)
+
+
+def wait_all_committed(kafka: str, env: dict[str, str], topic: str, timeout: float = 60) -> None:
+    wait_until(
+        lambda: all_committed(kafka, env, topic), timeout, what=f"every offset of {topic} committed"
+    )

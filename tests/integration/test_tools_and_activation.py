@@ -19,16 +19,17 @@ from devkit.sample_data import crm_record
 from tests.support import (
     Emulator,
     SinkProcess,
+    all_committed,
     committed,
     consume_all,
     create_topic,
-    end_offsets,
     headers_of,
     produce,
     produce_json,
     seeded_topic,
     sink_env,
     unique,
+    wait_all_committed,
     wait_until,
 )
 
@@ -130,11 +131,7 @@ def test_inactive_sends_nothing_then_activation_delivers_everything(
         _admin(port, "/admin/activate", "POST")
         wait_until(lambda: len(emulator.records()) == 400, 30, what="the rest")
         assert "clari_sink_active 1.0" in _admin(port, "/metrics")
-        wait_until(
-            lambda: committed(kafka, env["KAFKA_GROUP_ID"], topic) == end_offsets(kafka, topic),
-            20,
-            what="commits",
-        )
+        wait_all_committed(kafka, env, topic, 20)
     finally:
         sink.signal(signal.SIGTERM)
         assert sink.wait(60) == 0, sink.output()
@@ -185,7 +182,7 @@ def test_null_values_and_poison_records(
     poison = next(m for m in dead if headers_of(m)["clari-sink.source.offset"] == b"9")
     assert poison.value() == b"{not json" and poison.key() == b"k9"
     assert headers_of(poison)["clari-sink.source.topic"] == topic.encode()
-    assert committed(kafka, env["KAFKA_GROUP_ID"], topic) == end_offsets(kafka, topic)
+    assert all_committed(kafka, env, topic)
 
 
 def test_null_values_fail_stops_without_committing_past_it(

@@ -209,7 +209,8 @@ class Delivery:
             if verdict is Verdict.AUTH:
                 self.health.fail("auth", f"credential rejected: HTTP {res.status} {body}")
             else:
-                self.health.fail("api", f"HTTP {res.status or res.error}")
+                # aiohttp's error text can carry the URL: mask any secret a user put there.
+                self.health.fail("api", self.builder.mask_text(f"HTTP {res.status or res.error}"))
             if res.status in PUSHBACK:
                 self.on_pushback()
             exhausted = verdict is Verdict.RETRY and self._exhausted(attempt)
@@ -236,7 +237,7 @@ class Delivery:
             log.warning(
                 "batch %s: %s, retrying in %.2fs (call %d)",
                 batch.id,
-                res.status or res.error,
+                res.status or self.builder.mask_text(res.error or ""),
                 wait,
                 calls,
             )

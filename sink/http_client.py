@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from dataclasses import dataclass
 
 import aiohttp
@@ -26,31 +25,28 @@ class HttpResult:
 
 
 class RateLimiter:
-    """At most ``rate`` calls in any sliding window of one second.
+    """At most ``rate`` calls in any one-second window, evenly spaced.
 
-    Clari counts requests per token in a sliding second; a token bucket would allow its
-    burst on top of the rate and earn 429s, so this keeps the send times of the last
-    ``n`` calls and waits until the oldest leaves the window (plus a small margin for
-    network jitter between here and the server's clock).
+    Calls are let through one every ``1.02 / rate`` seconds, never in bursts: Clari counts
+    100 requests per second per token and does not say how it counts, and an even pace
+    stays under any sliding or fixed window (99 calls at most in any second at 100/s).
+    The 2 % margin absorbs the milliseconds between letting a call through and its
+    arrival (measured with a 10 ms margin and a sliding window: 7 extra 429s in 207 calls).
     """
 
-    MARGIN_S = 0.01
+    MARGIN = 1.02
 
     def __init__(self, rate: float) -> None:
-        self.n = max(1, int(rate))
-        self.window_s = self.n / rate + self.MARGIN_S
-        self._sent: deque[float] = deque()
+        self.spacing_s = self.MARGIN / rate
+        self._next = 0.0
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
         async with self._lock:
-            now = time.monotonic()
-            if len(self._sent) >= self.n:
-                wait = self._sent[0] + self.window_s - now
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                self._sent.popleft()
-            self._sent.append(time.monotonic())
+            wait = self._next - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._next = max(self._next, time.monotonic()) + self.spacing_s
 
 
 class HttpClient:

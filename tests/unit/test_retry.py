@@ -42,3 +42,18 @@ def test_retry_after_is_honoured() -> None:
     assert parse_retry_after("7") == 7
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+async def test_rate_limiter_spaces_calls_evenly() -> None:
+    import time
+
+    from sink.http_client import RateLimiter
+
+    limiter = RateLimiter(200)
+    stamps = []
+    for _ in range(60):
+        await limiter.acquire()
+        stamps.append(time.monotonic())
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    assert min(gaps) >= 1 / 200 - 0.001  # never a burst
+    assert stamps[-1] - stamps[0] < 60 * 1.02 / 200 + 0.1  # and no slower than the pace

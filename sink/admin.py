@@ -38,6 +38,7 @@ def build_admin_app(pipeline: Pipeline) -> web.Application:
         return web.json_response(body, status=200 if health.ok else 503)
 
     async def metrics(_: web.Request) -> web.Response:
+        pipeline.update_gauges()  # current at scrape time, not as of the last loop turn
         data = generate_latest(pipeline.metrics.registry)
         return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

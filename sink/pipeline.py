@@ -190,7 +190,7 @@ class Pipeline:
                 if await self.drained():
                     log.info("all assigned partitions are delivered and committed")
                     return
-            self._update_gauges()
+            self.update_gauges()
 
     def _poll_timeout(self) -> float:
         deadline = self.batcher.next_deadline()
@@ -227,7 +227,7 @@ class Pipeline:
             await asyncio.gather(*abandoned, return_exceptions=True)
         if self._fatal is None:
             await self.commit()
-        self._update_gauges()
+        self.update_gauges()
         await self.source.close()
         producer.close()
         log.info("sink stopped", extra={"consumed": self.consumed})
@@ -499,7 +499,7 @@ class Pipeline:
         self.active = active
         self.metrics.active.set(1 if active else 0)
 
-    def _update_gauges(self) -> None:
+    def update_gauges(self) -> None:
         self.metrics.in_flight.set(len(self.in_flight))
         self.metrics.buffered.set(self.tracker.unresolved())
         self.metrics.paused.set(1 if self.backpressure else 0)

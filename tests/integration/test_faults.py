@@ -351,3 +351,48 @@ def test_unwritable_response_and_dead_letter_topics_block_commits(
     out = check(emulator, ids(0, 500) - {"ACC000000000250"})
     fault_report.append(out.row("8. response and dead-letter topics unwritable"))
     assert out.lost == 0
+
+
+def test_rejected_credential_shows_and_recovers_without_dead_letters(
+    kafka: str, emulator: Emulator, logs: Path, fault_report: list[dict[str, Any]]
+) -> None:
+    n = 1_000
+    topic = create_topic(kafka, unique("auth"), partitions=2)
+    produce(kafka, topic, (keyed(i, 100) for i in range(n)))
+    emulator.state.partner_key = "rotated-at-clari"  # the sink's partner key is now wrong
+    port = free_port()
+    env = sink_env(kafka, emulator, topic, ADMIN_PORT=port, RETRY_BACKOFF_MAX_MS=1_000)
+    sink = SinkProcess(env, log_dir=logs).start()
+    wait_until(
+        lambda: _try(lambda: "auth" in admin_get(port, "/readyz")["problems"]),
+        30,
+        what="/readyz naming the credential",
+    )
+    wait_until(
+        lambda: 'api_retries_total{reason="auth"}' in admin_get(port, "/metrics"),
+        10,
+        what="the retries metric",
+    )
+    assert "clari_sink_healthy 0.0" in admin_get(port, "/metrics")
+    assert emulator.records() == []
+    emulator.state.partner_key = "test-partner"  # fixed on Clari's side
+    wait_until(lambda: len(emulator.records()) >= n, 60, what="delivery once accepted")
+    wait_until(
+        lambda: _try(lambda: admin_get(port, "/readyz")["status"] == "ready"),
+        30,
+        what="ready again",
+    )
+    wait_all_committed(kafka, env, topic, 30)
+    sink.signal(signal.SIGTERM)
+    assert sink.wait(60) == 0
+    assert consume_all(kafka, env["DLQ_TOPIC"], idle_s=1) == []
+    out = check(emulator, ids(0, n))
+    fault_report.append(out.row("9. credential rejected, then accepted again"))
+    assert out.lost == 0 and out.duplicated == 0 and out.reordered == 0
+
+
+def _try(fn: Any) -> Any:
+    try:
+        return fn()
+    except OSError:
+        return None

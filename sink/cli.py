@@ -54,7 +54,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             return EXIT_BAD_SETTINGS
         runner = None
         if settings.admin_port:
-            runner = await start_admin(pipeline, settings.admin_host, settings.admin_port)
+            try:
+                runner = await start_admin(pipeline, settings.admin_host, settings.admin_port)
+            except OSError as exc:
+                print(f"clari-sink: the admin endpoint cannot listen, not starting:\n"
+                      f"  - ADMIN_HOST={settings.admin_host} ADMIN_PORT={settings.admin_port}: "
+                      f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
+                return EXIT_BAD_SETTINGS
         try:
             return await pipeline.run(until_drained=args.until_drained)
         finally:

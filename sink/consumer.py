@@ -178,8 +178,4 @@ def _tps(positions: dict[TP, int]) -> list[TopicPartition]:
     return [TopicPartition(t, p, off) for (t, p), off in positions.items()]
 
 
-def is_fatal(err: KafkaError) -> bool:
-    return bool(err.fatal())
-
-
-__all__ = ["KafkaSource", "Message", "consumer_config", "is_fatal"]
+__all__ = ["KafkaSource", "Message", "consumer_config"]

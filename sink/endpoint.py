@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from sink import __version__
@@ -29,7 +28,6 @@ class PreparedRequest:
     headers: dict[str, str]
     body: bytes
     records: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
     nbytes: int = -1  # the body's size, kept once the body itself is released
 
     def __post_init__(self) -> None:

@@ -521,4 +521,5 @@ def _touches(records: Iterable[SinkRecord], tps: set[TP]) -> bool:
 
 
 def _fmt(tps: Iterable[TP]) -> str:
-    return ", ".join(f"{t}[{p}]" for t, p in sorted(tps))
+    # Cooperative rebalancing has rounds that assign nothing: say so rather than print "".
+    return ", ".join(f"{t}[{p}]" for t, p in sorted(tps)) or "(none)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -73,6 +74,7 @@ class KafkaSource:
         self.assignment: set[TP] = set()
         self.paused: set[TP] = set()
         self.pause_new = False  # pause partitions as soon as they are assigned (inactive)
+        self.mid_rebalance = False
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -88,6 +90,8 @@ class KafkaSource:
             else:
                 consumer.assign(parts)
             self.assignment.update(tps)
+            # An empty round of a cooperative rebalance: a second round follows.
+            self.mid_rebalance = self.cooperative and not parts
             if self.pause_new and parts:
                 consumer.pause(parts)
                 self.paused.update(tps)
@@ -168,6 +172,20 @@ class KafkaSource:
 
         result: dict[TP, int] = await self._call(query)
         return result
+
+    async def settle_rebalance(self, timeout_s: float) -> None:
+        """Before leaving the group, let a pending cooperative round finish.
+
+        A member that closes between the two rounds of a cooperative rebalance leaves the
+        partitions being handed over without an owner until the session times out (45 s
+        by default; reproduced with a bare confluent-kafka consumer). Polling with every
+        partition paused lets the round complete; nothing is consumed meanwhile.
+        """
+        self.pause_new = True
+        await self.pause(self.assignment)
+        deadline = time.monotonic() + timeout_s
+        while self.mid_rebalance and time.monotonic() < deadline:
+            await self.consume(100, 0.2)  # paused: serves callbacks, returns no records
 
     async def close(self) -> None:
         await self._call(self._consumer.close)

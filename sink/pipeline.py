@@ -228,6 +228,8 @@ class Pipeline:
         if self._fatal is None:
             await self.commit()
         self.update_gauges()
+        if self.source.mid_rebalance:
+            await self.source.settle_rebalance(timeout_s=10)
         await self.source.close()
         producer.close()
         log.info("sink stopped", extra={"consumed": self.consumed})

@@ -402,3 +402,27 @@ def _try(fn: Any) -> Any:
         return fn()
     except OSError:
         return None
+
+
+def test_member_leaving_between_cooperative_rounds_does_not_stall_the_group(
+    kafka: str, emulator: Emulator, logs: Path, fault_report: list[dict[str, Any]]
+) -> None:
+    n = 3_000
+    topic = create_topic(kafka, unique("rounds"), partitions=6)
+    env = sink_env(kafka, emulator, topic)  # session timeout: the default 45 s
+    a = SinkProcess(env, log_dir=logs).start()
+    wait_until(lambda: f"partitions assigned: {topic}" in a.output(), 30, what="first member")
+    b = SinkProcess(env, log_dir=logs).start()
+    # Stop the second member right after the first, empty round of the rebalance.
+    wait_until(lambda: "partitions assigned: (none)" in b.output(), 30, what="first round")
+    b.signal(signal.SIGTERM)
+    assert b.wait(30) == 0, b.output()
+    produce(kafka, topic, (keyed(i, 100) for i in range(n)))
+    # Without care the handed-over partitions wait for B's session to time out (45 s).
+    wait_until(lambda: len(emulator.records()) >= n, 20, what="delivery on every partition")
+    wait_all_committed(kafka, env, topic, 20)
+    a.signal(signal.SIGTERM)
+    assert a.wait(60) == 0
+    out = check(emulator, ids(0, n))
+    fault_report.append(out.row("10. member leaves between cooperative rounds"))
+    assert out.lost == 0 and out.duplicated == 0

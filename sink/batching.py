@@ -40,6 +40,14 @@ def grouping_function(grouping: str, attribute: str | None) -> GroupOf:
     raise ValueError(f"unknown grouping {grouping!r}")
 
 
+def record_id(data: dict[str, Any], id_field: str | None) -> Any:
+    """The record's id (CLARI_ID_FIELD) as a hashable value, or None."""
+    rid = data.get(id_field) if id_field else None
+    if rid is not None and type(rid) not in (str, int):
+        rid = repr(rid)  # ids that are objects or lists still cut a batch when repeated
+    return rid
+
+
 class _Open:
     __slots__ = ("batch", "ids")
 
@@ -80,10 +88,7 @@ class Batcher:
             )
         closed: list[Batch] = []
         current = self._open.get(record.group)
-        rid = data.get(self.id_field) if self.id_field else None
-        if rid is not None and type(rid) not in (str, int):
-            rid = repr(rid)  # ids that are objects or lists still cut a batch when repeated
-        record.rid = rid
+        rid = record.rid = record_id(data, self.id_field)
         if current is not None and (
             current.batch.nbytes + size > self.max_bytes or (rid is not None and rid in current.ids)
         ):

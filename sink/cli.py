@@ -39,6 +39,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return EXIT_BAD_SETTINGS
     setup_logging(settings.log_level, settings.log_format)
+    from sink import malloc
+
+    malloc.tune()
     from confluent_kafka import KafkaException
 
     from sink.admin import start_admin

@@ -21,6 +21,7 @@ from sink.health import Health
 from sink.http_client import HttpClient, HttpResult
 from sink.metrics import Metrics
 from sink.records import Batch
+from sink.replay import Replayer
 from sink.reporting import Reporter, parse_body
 from sink.retry import PUSHBACK, Backoff, Verdict, classify, parse_retry_after
 
@@ -87,6 +88,7 @@ class Delivery:
         health: Health,
         on_pushback: Callable[[], None] = lambda: None,
         on_success: Callable[[], None] = lambda: None,
+        replayer: Replayer | None = None,
     ) -> None:
         self.s = settings
         self.http = http
@@ -96,6 +98,7 @@ class Delivery:
         self.health = health
         self.on_pushback = on_pushback
         self.on_success = on_success
+        self.replayer = replayer
         self.backoff = Backoff(
             settings.retry_backoff_initial_ms / 1000, settings.retry_backoff_max_ms / 1000
         )
@@ -108,6 +111,7 @@ class Delivery:
         the caller may then let the next batch with the same keys go, and start another."""
         attempt = 0  # calls that count against RETRY_MAX_ATTEMPTS
         calls = 0
+        await self._unpark(batch)  # handed back parked by a rebalance
         while batch.records:
             calls += 1
             req = self.builder.build(batch, batch.is_last)
@@ -125,6 +129,10 @@ class Delivery:
                 self.health.clear("auth")
                 self.on_success()
                 if job_id and self.follow_jobs:
+                    if self.replayer is not None:
+                        # Clari holds the file now: don't hold its records while the job
+                        # runs. Kafka keeps them (uncommitted) should the job not succeed.
+                        batch.park()
                     await self.reporter.api_call(
                         batch,
                         req,
@@ -139,6 +147,7 @@ class Delivery:
                         on_sent()
                         await self._publish_job(batch, job, job_id, calls, "delivered")
                         return self._delivered(batch)
+                    await self._unpark(batch)  # to dead-letter them, or submit them again
                     if job.state == "VALIDATION_ERROR":
                         on_sent()
                         await self._publish_job(batch, job, job_id, calls, "dead-lettered")
@@ -264,7 +273,12 @@ class Delivery:
         return True
 
     def _delivered(self, batch: Batch) -> None:
-        self.metrics.delivered.inc(len(batch.records))
+        self.metrics.delivered.inc(batch.size)
+
+    async def _unpark(self, batch: Batch) -> None:
+        if batch.parked is not None:
+            assert self.replayer is not None
+            batch.unpark(await self.replayer.fetch(batch.parked))
 
     def _observe(self, res: HttpResult, kind: str | None = None) -> None:
         kind = kind or self.kind

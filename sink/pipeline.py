@@ -28,7 +28,8 @@ from sink.http_client import HttpClient
 from sink.metrics import Metrics
 from sink.offsets import OffsetTracker
 from sink.producer import AsyncProducer
-from sink.records import Batch, SinkRecord
+from sink.records import Batch, Offsets, SinkRecord, offsets_of
+from sink.replay import Replayer
 from sink.reporting import Reporter
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ IDLE_POLL_S = 0.2
 @dataclass(slots=True)
 class _InFlight:
     batch: Batch
-    records: list[SinkRecord]  # as dispatched: delivery may shrink batch.records
+    covers: Offsets  # as dispatched: delivery may shrink or park batch.records
     keys: set[bytes]
     sending: bool = True  # False once the API gave its final answer (publishing remains)
 
@@ -148,6 +149,7 @@ class Pipeline:
                 self.health,
                 on_pushback=self.limit.pushback,
                 on_success=self.limit.success,
+                replayer=Replayer(self.s, self.shaper),
             )
             self.source.subscribe(self._on_assign, self._on_revoke, self._on_lost)
             log.info(
@@ -311,7 +313,9 @@ class Pipeline:
         assert self.delivery is not None
         self.metrics.batch_records.observe(len(batch.records))
         batch.is_last = self._is_last_batch(more_waiting)
-        flight = _InFlight(batch, list(batch.records), keys)
+        if batch.covers is None:
+            batch.covers = offsets_of(batch.records)
+        flight = _InFlight(batch, batch.covers, keys)
         task = asyncio.create_task(
             self.delivery.deliver(batch, on_sent=lambda: self._sent(flight)),
             name=f"deliver {batch.id}",
@@ -348,8 +352,10 @@ class Pipeline:
             self._fatal = exc
             self._stop.set()
             return
-        for r in flight.records:
-            self.tracker.resolve(r.topic, r.partition, r.offset)
+        resolve = self.tracker.resolve
+        for (topic, partition), offsets in flight.covers.items():
+            for offset in offsets:
+                resolve(topic, partition, offset)
         self._pump()
 
     def _is_last_batch(self, more_waiting: bool) -> bool:
@@ -441,7 +447,7 @@ class Pipeline:
             if batch.records:
                 kept.append(batch)
         self.waiting = kept
-        touching = [t for t, f in self.in_flight.items() if _touches(f.records, tps)]
+        touching = [t for t, f in self.in_flight.items() if not tps.isdisjoint(f.covers)]
         if wait and touching:
             await asyncio.wait(touching, timeout=self.s.shutdown_timeout_s)
         for task in touching:
@@ -450,16 +456,9 @@ class Pipeline:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 # Records of partitions we keep go out again; the revoked ones are re-consumed.
-                rest = [r for r in flight.records if (r.topic, r.partition) not in tps]
-                if rest:
-                    self.waiting.appendleft(
-                        Batch(
-                            id=flight.batch.id + "-r",
-                            group=flight.batch.group,
-                            records=rest,
-                            nbytes=sum(r.nbytes for r in rest),
-                        )
-                    )
+                retry = _without(flight.batch, flight.covers, tps)
+                if retry is not None:
+                    self.waiting.appendleft(retry)
         for task in [t for t in self.side_tasks if not t.done()]:
             await asyncio.wait([task], timeout=5)
 
@@ -473,7 +472,9 @@ class Pipeline:
 
     async def _apply_backpressure(self) -> None:
         assert self.source is not None
-        records = self.tracker.unresolved()
+        # Records of bulk jobs in progress are parked (not in memory): they don't count.
+        parked = sum(f.batch.size for f in self.in_flight.values() if f.batch.parked is not None)
+        records = self.tracker.unresolved() - parked
         nbytes = self._buffered_bytes()
         full = records >= self.s.max_buffered_records or nbytes >= self.s.max_buffered_bytes
         low = records < self.s.max_buffered_records // 2 and nbytes < self.s.max_buffered_bytes // 2
@@ -518,8 +519,20 @@ class Pipeline:
             self._loop.call_soon_threadsafe(self._stop.set)
 
 
-def _touches(records: Iterable[SinkRecord], tps: set[TP]) -> bool:
-    return any((r.topic, r.partition) in tps for r in records)
+def _without(batch: Batch, covers: Offsets, tps: set[TP]) -> Batch | None:
+    """What of a cancelled batch must go out again once ``tps`` are revoked (None if
+    nothing): the kept partitions' records, or their offsets if the records are parked."""
+    kept = {tp: offs for tp, offs in covers.items() if tp not in tps}
+    if not kept:
+        return None
+    retry = Batch(id=batch.id + "-r", group=batch.group, covers=kept)
+    if batch.parked is not None:
+        retry.parked = {tp: offs for tp, offs in batch.parked.items() if tp not in tps}
+        retry.parked_keys = batch.parked_keys
+    else:
+        retry.records = [r for r in batch.records if (r.topic, r.partition) not in tps]
+        retry.nbytes = sum(r.nbytes for r in retry.records)
+    return retry
 
 
 def _fmt(tps: Iterable[TP]) -> str:

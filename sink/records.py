@@ -74,6 +74,22 @@ class OffsetRange:
         }
 
 
+Offsets = dict[tuple[str, int], list[int]]  # (topic, partition) → offsets, ascending
+
+
+def offsets_of(records: list[SinkRecord]) -> Offsets:
+    """The records' offsets per source partition (one pass, in consumption order)."""
+    out: Offsets = {}
+    for r in records:
+        tp = (r.topic, r.partition)
+        offs = out.get(tp)
+        if offs is None:
+            out[tp] = [r.offset]
+        else:
+            offs.append(r.offset)
+    return out
+
+
 @dataclass(slots=True)
 class Batch:
     """Records that travel in one API call."""
@@ -84,22 +100,43 @@ class Batch:
     nbytes: int = 0
     opened_at: float = field(default_factory=time.monotonic)
     is_last: bool = True  # isLastBatch, fixed when the batch is dispatched
+    # Set while the records are dropped from memory (a bulk job runs with Clari holding
+    # the file): where to read them again from Kafka, and the keys they carry.
+    parked: Offsets | None = None
+    parked_keys: set[bytes] = field(default_factory=set)
+    # Every offset this batch answers for (set at dispatch): what is resolved when it ends.
+    covers: Offsets | None = None
 
     @property
     def keys(self) -> set[bytes]:
+        if self.parked is not None:
+            return self.parked_keys
         return {r.key for r in self.records if r.key is not None}
+
+    @property
+    def size(self) -> int:
+        """Records in the batch, counted even while they are parked."""
+        if self.parked is not None:
+            return sum(len(o) for o in self.parked.values())
+        return len(self.records)
+
+    def park(self) -> None:
+        """Drop the records, keeping their offsets to read them back if they are needed."""
+        self.parked_keys = self.keys
+        self.parked = offsets_of(self.records)
+        self.records = []
+        self.nbytes = 0
+
+    def unpark(self, records: list[SinkRecord]) -> None:
+        self.records = records
+        self.nbytes = sum(r.nbytes for r in records)
+        self.parked = None
+        self.parked_keys = set()
 
     def ranges(self) -> list[OffsetRange]:
         """The offsets this batch covers, one range per source partition."""
-        out: dict[tuple[str, int], OffsetRange] = {}
-        for r in self.records:
-            rng = out.get((r.topic, r.partition))
-            if rng is None:
-                out[(r.topic, r.partition)] = OffsetRange(
-                    r.topic, r.partition, r.offset, r.offset, 1
-                )
-            else:
-                rng.first = min(rng.first, r.offset)
-                rng.last = max(rng.last, r.offset)
-                rng.count += 1
-        return list(out.values())
+        offsets = self.parked if self.parked is not None else offsets_of(self.records)
+        return [
+            OffsetRange(topic, partition, min(offs), max(offs), len(offs))
+            for (topic, partition), offs in offsets.items()
+        ]

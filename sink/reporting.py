@@ -89,7 +89,7 @@ class Reporter:
             "jobId": job_id,
             "jobStatus": job_status,
             "latencyMs": round(res.latency_s * 1000, 1),
-            "recordCount": len(batch.records),
+            "recordCount": batch.size,
             "sources": [r.as_dict() for r in batch.ranges()],
             "group": batch.group or None,
             "timestamp": _now_iso(),

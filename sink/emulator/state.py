@@ -52,6 +52,10 @@ class Job:
     submitted: float
     request: dict[str, Any]
     settled: bool = False
+    record_count: int = 0
+
+    def __post_init__(self) -> None:
+        self.record_count = sum(len(ds.get("records", [])) for ds in self.datasets)
 
     def state(self, queued_s: float, running_s: float) -> str:
         age = time.time() - self.submitted

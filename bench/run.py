@@ -431,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
                     SINK_MAX_BUFFERED_BYTES=args.bulk_buffer_mib * 1024 * 1024,
                     JOB_POLL_INITIAL_MS=50,
                     JOB_POLL_MAX_MS=200,
+                    HTTP_MAX_IN_FLIGHT=16,
                 )
             )
         live_n = int(10_000 * args.live_seconds)

@@ -39,9 +39,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return EXIT_BAD_SETTINGS
     setup_logging(settings.log_level, settings.log_format)
-    from sink import malloc
+    from sink import runtime
 
-    malloc.tune()
+    runtime.tune_malloc()
     from confluent_kafka import KafkaException
 
     from sink.admin import start_admin
@@ -49,6 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         pipeline = Pipeline(settings)
+        runtime.tune_gc()  # after the imports: they are what it freezes
         try:
             pipeline.check_kafka_config()
         except KafkaException as exc:
@@ -101,7 +102,9 @@ def cmd_emulator(args: argparse.Namespace) -> int:
         f"http://{args.host}:{args.port}/v2)",
         flush=True,
     )
-    web.run_app(build_app(state), host=args.host, port=args.port, print=None, access_log=None)
+    web.run_app(
+        build_app(state, timed_gc=True), host=args.host, port=args.port, print=None, access_log=None
+    )
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -37,31 +37,25 @@ def render(
         return head + _csv([r.data for r in records]) + tail
     if fmt == "xml":
         return head + _xml([r.data for r in records]) + tail
-    return b"".join(_json_chunks(fmt, records, source_entity, head, tail))
-
-
-def _json_chunks(
-    fmt: str, records: Sequence[SinkRecord], source_entity: str, head: bytes, tail: bytes
-) -> Iterator[bytes]:
-    yield head
+    bodies = [r.body for r in records]
     if fmt == "ndjson":
-        for r in records:
-            yield r.body
-            yield b"\n"
-    elif fmt in ("json", "clari-datasets"):
-        if fmt == "clari-datasets":
-            # Clari's published contract: an array of data sets naming their source entity.
-            yield b'[{"sourceEntity":' + orjson.dumps(source_entity) + b',"records":['
-        else:
-            yield b"["
-        for i, r in enumerate(records):
-            if i:
-                yield b","
-            yield r.body
-        yield b"]}]" if fmt == "clari-datasets" else b"]"
-    else:
-        raise ValueError(f"unknown content format {fmt!r}")
-    yield tail
+        return _joined(b"\n", bodies, head, (b"\n" if bodies else b"") + tail)
+    if fmt == "clari-datasets":
+        # Clari's published contract: an array of data sets naming their source entity.
+        open_ = b'[{"sourceEntity":' + orjson.dumps(source_entity) + b',"records":['
+        return _joined(b",", bodies, head + open_, b"]}]" + tail)
+    if fmt == "json":
+        return _joined(b",", bodies, head + b"[", b"]" + tail)
+    raise ValueError(f"unknown content format {fmt!r}")
+
+
+def _joined(sep: bytes, parts: list[bytes], start: bytes, end: bytes) -> bytes:
+    """``start + sep.join(parts) + end`` in one copy (a join in C, no per-record Python)."""
+    if not parts:
+        return start + end
+    parts[0] = start + parts[0]
+    parts[-1] = parts[-1] + end
+    return sep.join(parts)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

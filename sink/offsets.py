@@ -37,6 +37,14 @@ class OffsetTracker:
         part.pending.append(offset)
         part.high = max(part.high, offset + 1)
 
+    def track_many(self, tp: TP, offsets: list[int]) -> None:
+        """Track ``offsets`` (ascending) of one partition: the hot path's form of track."""
+        part = self._parts.get(tp)
+        if part is None:
+            part = self._parts[tp] = _Partition()
+        part.pending.extend(offsets)
+        part.high = max(part.high, offsets[-1] + 1)
+
     def resolve(self, topic: str, partition: int, offset: int) -> None:
         part = self._parts.get((topic, partition))
         if part is None:  # revoked meanwhile: its new owner decides

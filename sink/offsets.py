@@ -46,15 +46,20 @@ class OffsetTracker:
         part.high = max(part.high, offsets[-1] + 1)
 
     def resolve(self, topic: str, partition: int, offset: int) -> None:
-        part = self._parts.get((topic, partition))
+        self.resolve_many((topic, partition), (offset,))
+
+    def resolve_many(self, tp: TP, offsets: Iterable[int]) -> None:
+        part = self._parts.get(tp)
         if part is None:  # revoked meanwhile: its new owner decides
             return
-        if part.pending and part.pending[0] == offset:
-            part.pending.popleft()
-        else:
-            part.done.add(offset)
-        while part.pending and part.pending[0] in part.done:
-            part.done.discard(part.pending.popleft())
+        pending, done = part.pending, part.done
+        for offset in offsets:
+            if pending and pending[0] == offset:
+                pending.popleft()
+            else:
+                done.add(offset)
+        while pending and pending[0] in done:
+            done.discard(pending.popleft())
 
     def unresolved(self, tp: TP | None = None) -> int:
         parts = (

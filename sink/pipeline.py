@@ -29,7 +29,7 @@ from sink.metrics import Metrics
 from sink.offsets import OffsetTracker
 from sink.producer import AsyncProducer
 from sink.records import Batch, Offsets, SinkRecord, offsets_of
-from sink.replay import Replayer
+from sink.replay import Replayer, ReplayError
 from sink.reporting import Reporter
 
 log = logging.getLogger(__name__)
@@ -367,16 +367,21 @@ class Pipeline:
         if task.cancelled():
             return
         exc = task.exception()
+        if isinstance(exc, ReplayError):
+            # A failed bulk job's records could not be read back: stop without committing
+            # them; after a restart they are consumed again from the committed offset.
+            log.error("batch %s: %s; stopping", flight.batch.id, exc)
+            self._fatal = exc
+            self._stop.set()
+            return
         if exc is not None:
             # A bug, not an API answer: stop without committing past this batch.
             log.error("delivery of batch %s crashed", flight.batch.id, exc_info=exc)
             self._fatal = exc
             self._stop.set()
             return
-        resolve = self.tracker.resolve
-        for (topic, partition), offsets in flight.covers.items():
-            for offset in offsets:
-                resolve(topic, partition, offset)
+        for tp, offsets in flight.covers.items():
+            self.tracker.resolve_many(tp, offsets)
         self._pump()
 
     def _is_last_batch(self, more_waiting: bool) -> bool:

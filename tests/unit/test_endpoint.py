@@ -132,3 +132,38 @@ def test_secrets_copied_into_headers_or_url_are_masked() -> None:
     req = b.build(batch(REC), True)
     assert "SECRET" not in b.mask_text(req.url)
     assert "SECRET" not in str(b.mask_headers(req.headers))
+
+
+def test_json_bodies_are_exact_for_none_one_and_many_records() -> None:
+    from sink.formats import render
+
+    def recs(n: int) -> list[SinkRecord]:
+        return batch(*({"id": f"R{i}"} for i in range(n))).records if n else []
+
+    for n in (0, 1, 3):
+        ids = [{"id": f"R{i}"} for i in range(n)]
+        assert orjson.loads(render("json", recs(n), "crm_x")) == ids
+        assert orjson.loads(render("clari-datasets", recs(n), "crm_x")) == [
+            {"sourceEntity": "crm_x", "records": ids}
+        ]
+        ndjson = render("ndjson", recs(n), "crm_x")
+        assert [orjson.loads(x) for x in ndjson.splitlines()] == ids
+        assert ndjson.endswith(b"\n") or n == 0
+    wrapped = render("json", recs(2), "crm_x", b"HEAD", b"TAIL")
+    assert wrapped == b'HEAD[{"id":"R0"},{"id":"R1"}]TAIL'
+
+
+def test_a_parked_batch_keeps_offsets_keys_and_count_not_records() -> None:
+    b = batch({"id": "A"}, {"id": "B"}, {"id": "C"}, key="k9")
+    b.records[2].partition = 5  # one record from another partition
+    b.park()
+    assert b.records == [] and b.nbytes == 0
+    assert b.parked == {("crm", 2): [40, 41], ("crm", 5): [42]}
+    assert b.size == 3 and b.keys == {b"k9"}
+    assert [(r.partition, r.first, r.last, r.count) for r in b.ranges()] == [
+        (2, 40, 41, 2),
+        (5, 42, 42, 1),
+    ]
+    again = batch({"id": "A"}, key="k9").records
+    b.unpark(again)
+    assert b.parked is None and b.size == 1 and b.nbytes == again[0].nbytes

@@ -85,7 +85,10 @@ class Settings(BaseSettings):
     )
     kafka_session_timeout_ms: int = Field(45_000, ge=6_000, alias="KAFKA_SESSION_TIMEOUT_MS")
     kafka_max_poll_interval_ms: int = Field(300_000, ge=10_000, alias="KAFKA_MAX_POLL_INTERVAL_MS")
-    kafka_value_format: Literal["json"] = Field("json", alias="KAFKA_VALUE_FORMAT")
+    kafka_value_format: Literal["json", "avro"] = Field("json", alias="KAFKA_VALUE_FORMAT")
+    schema_registry_url: str | None = Field(None, alias="SCHEMA_REGISTRY_URL")
+    schema_registry_username: str | None = Field(None, alias="SCHEMA_REGISTRY_USERNAME")
+    schema_registry_password: SecretStr | None = Field(None, alias="SCHEMA_REGISTRY_PASSWORD")
 
     # --- Clari endpoint ----------------------------------------------------------
     clari_template: Template = Field("upload-entity-data", alias="CLARI_TEMPLATE")
@@ -277,6 +280,15 @@ class Settings(BaseSettings):
                     f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}",
                 )
             )
+        if self.kafka_value_format == "avro" and not self.schema_registry_url:
+            problems.append(("SCHEMA_REGISTRY_URL", "required when KAFKA_VALUE_FORMAT=avro"))
+        if self.schema_registry_url and not self.schema_registry_url.startswith(
+            ("http://", "https://")
+        ):
+            problems.append(
+                ("SCHEMA_REGISTRY_URL", f"must start with http:// or https://, got "
+                 f"'{self.schema_registry_url}'")
+            )  # fmt: skip
         if self.kafka_max_poll_interval_ms < self.kafka_session_timeout_ms:
             problems.append(("KAFKA_MAX_POLL_INTERVAL_MS", f"{self.kafka_max_poll_interval_ms} is "
                              f"below KAFKA_SESSION_TIMEOUT_MS={self.kafka_session_timeout_ms}; "

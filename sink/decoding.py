@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -18,31 +21,48 @@ class RecordError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-class Shaper:
-    """Decodes JSON values and drops excluded attributes (top level or dotted paths)."""
+def json_default(obj: Any) -> Any:
+    """orjson's fallback for decoded values JSON has no type for (from Avro)."""
+    if isinstance(obj, Decimal):
+        return float(obj)
+    if isinstance(obj, bytes):
+        return base64.b64encode(obj).decode("ascii")
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
-    def __init__(self, exclude: list[str]) -> None:
+
+class Shaper:
+    """Decodes values (JSON, or ``decode``'s format) and drops excluded attributes (top
+    level or dotted paths)."""
+
+    def __init__(self, exclude: list[str], decode: Callable[[bytes], Any] | None = None) -> None:
         self._top = {path for path in exclude if "." not in path}
         self._nested = [path.split(".") for path in exclude if "." in path]
+        self._decode = decode  # None: the value is JSON
 
     def shape(self, record: SinkRecord) -> dict[str, Any]:
         """Fill ``record.body`` and return the shaped record; raise RecordError if it
         cannot be sent."""
         if record.value is None:
             raise RecordError("null-value", "the message has no value (a tombstone)")
-        try:
-            decoded = orjson.loads(record.value)
-        except orjson.JSONDecodeError as exc:
-            raise RecordError("invalid-json", str(exc)) from None
+        if self._decode is not None:
+            decoded = self._decode(record.value)  # raises RecordError itself
+        else:
+            try:
+                decoded = orjson.loads(record.value)
+            except orjson.JSONDecodeError as exc:
+                raise RecordError("invalid-json", str(exc)) from None
         if not isinstance(decoded, dict):
             raise RecordError(
                 "not-an-object",
-                f"the value is a JSON {type(decoded).__name__}, a record must be a JSON object",
+                f"the value decodes to a {type(decoded).__name__}; a record must be an object "
+                "(a JSON object, an Avro record)",
             )
         data: dict[str, Any] = decoded
         if self._top or self._nested:
             data = self._exclude(data)
-            record.body = orjson.dumps(data)
+            record.body = orjson.dumps(data, default=json_default)
+        elif self._decode is not None:
+            record.body = orjson.dumps(data, default=json_default)
         else:
             # Nothing to drop: the producer's bytes are already valid JSON for this record.
             record.body = record.value

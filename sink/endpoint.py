@@ -139,7 +139,12 @@ class EndpointBuilder:
         s = self.s
         return [
             x.get_secret_value()
-            for x in (s.clari_api_token, s.clari_partner_key, s.kafka_sasl_password)
+            for x in (
+                s.clari_api_token,
+                s.clari_partner_key,
+                s.kafka_sasl_password,
+                s.schema_registry_password,
+            )
             if x is not None
         ]
 

@@ -14,7 +14,8 @@ class Problem:
 
 class Health:
     """Components: ``kafka`` (broker reachable), ``api`` (Clari answering), ``auth``
-    (credential accepted), ``output-topics`` (response and dead-letter writes)."""
+    (credential accepted), ``output-topics`` (response and dead-letter writes),
+    ``schema-registry`` (writer schemas readable, Avro values only)."""
 
     def __init__(self) -> None:
         self._problems: dict[str, Problem] = {}

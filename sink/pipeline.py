@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, Message
 
+from sink.avro import registry_for
 from sink.batching import Batcher, grouping_function
 from sink.config import Settings
 from sink.consumer import TP, KafkaSource, consumer_config
@@ -81,7 +82,11 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         self.health = health or Health()
         self.tracker = OffsetTracker()
-        self.shaper = Shaper(settings.clari_exclude_attributes)
+        self.registry = registry_for(settings)  # None: values are JSON
+        self.shaper = Shaper(
+            settings.clari_exclude_attributes,
+            decode=self.registry.decode if self.registry is not None else None,
+        )
         self.builder = EndpointBuilder(settings)
         self.batcher = Batcher(
             max_records=settings.effective_batch_size,
@@ -177,6 +182,8 @@ class Pipeline:
         while not self._stop.is_set():
             self.health.beat()
             msgs = await self.source.consume(CONSUME_BATCH, self._poll_timeout())
+            if self.registry is not None and msgs:
+                msgs = await self._with_schemas(msgs)
             self._handle(msgs)
             if self._fatal is not None:
                 return
@@ -236,25 +243,52 @@ class Pipeline:
         producer.close()
         log.info("sink stopped", extra={"consumed": self.consumed})
 
+    async def _with_schemas(self, msgs: list[Message]) -> list[Message]:
+        """Fetch the writer schemas ``msgs`` need before they are handled (the per-record
+        path never waits on the network). While the registry is unavailable the
+        partitions stay paused but polled, so the group membership holds; messages of
+        partitions revoked meanwhile are left to their new owner."""
+        assert self.registry is not None and self.source is not None
+        source = self.source
+
+        async def wait(seconds: float) -> bool:
+            source.pause_new = True
+            await source.pause(source.assignment)
+            until = time.monotonic() + seconds
+            while not self._stop.is_set() and (left := until - time.monotonic()) > 0:
+                self.health.beat()
+                msgs.extend(await source.consume(CONSUME_BATCH, min(IDLE_POLL_S, left)))
+            return self._stop.is_set()
+
+        def unavailable(text: str) -> None:
+            self.health.fail("schema-registry", text)
+            log.warning("schema registry unavailable, records wait (retrying): %s", text)
+
+        fetched = False
+        while missing := self.registry.missing(m.value() for m in msgs if m.error() is None):
+            if not await self.registry.fetch_until_done(missing, wait, unavailable):
+                return []  # stopping: nothing of these was tracked, they are consumed again
+            fetched = True
+        if not fetched:
+            return msgs
+        self.health.clear("schema-registry")
+        owned = source.assignment
+        return [m for m in msgs if (m.topic(), m.partition()) in owned or m.error() is not None]
+
     # ------------------------------------------------------------------ per record
     def _handle(self, msgs: list[Message]) -> None:
         """The per-record hot path: track, shape, batch. Kept lean on purpose: each line
         here runs for every record (measured in bench/run.py)."""
         shape, add, from_message = self.shaper.shape, self.batcher.add, SinkRecord.from_message
         waiting = self.waiting
-        seen: dict[TP, list[int]] = {}
+        consumed: list[SinkRecord] = []
         rejected: list[tuple[SinkRecord, RecordError]] = []
         for msg in msgs:
             if msg.error() is not None:
                 self._consumer_error(msg)
                 continue
             record = from_message(msg)
-            tp = (record.topic, record.partition)
-            offsets = seen.get(tp)
-            if offsets is None:
-                seen[tp] = [record.offset]
-            else:
-                offsets.append(record.offset)
+            consumed.append(record)
             try:
                 closed = add(record, shape(record))
             except RecordError as exc:
@@ -265,7 +299,7 @@ class Pipeline:
         # Tracked per partition once per poll; nothing resolves before this (deliveries
         # start later, and rejections are handled below).
         per_topic: Counter[str] = Counter()
-        for tp, offsets in seen.items():
+        for tp, offsets in offsets_of(consumed).items():
             self.tracker.track_many(tp, offsets)
             per_topic[tp[0]] += len(offsets)
         for record, error in rejected:

@@ -7,6 +7,7 @@ send (secrets masked). ``test-send`` sends one of them, or a body the user edite
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from sink.avro import RegistryUnavailable, registry_for
 from sink.batching import Batcher, grouping_function
 from sink.config import Settings
 from sink.consumer import consumer_config
@@ -52,11 +54,22 @@ def read_first(settings: Settings, limit: int, timeout_s: float = 10.0) -> list[
         consumer.close()
 
 
+async def shaper_for(settings: Settings, records: list[SinkRecord]) -> Shaper:
+    """The sink's shaper, with the writer schemas ``records`` need when values are Avro
+    (raises RegistryUnavailable)."""
+    registry = registry_for(settings)
+    if registry is not None:
+        await registry.fetch(registry.missing(r.value for r in records))
+    return Shaper(
+        settings.clari_exclude_attributes,
+        decode=registry.decode if registry is not None else None,
+    )
+
+
 def sample_requests(
-    settings: Settings, records: list[SinkRecord]
+    settings: Settings, records: list[SinkRecord], shaper: Shaper
 ) -> tuple[list[PreparedRequest], list[tuple[SinkRecord, str]]]:
     """Batch ``records`` as the sink would and build each batch's request."""
-    shaper = Shaper(settings.clari_exclude_attributes)
     batcher = Batcher(
         max_records=settings.effective_batch_size,
         max_bytes=settings.batch_max_bytes,
@@ -99,7 +112,12 @@ def print_samples(settings: Settings, limit: int, as_json: bool) -> int:
         )
         return 1
     builder = EndpointBuilder(settings)
-    requests, rejected = sample_requests(settings, records)
+    try:
+        shaper = asyncio.run(shaper_for(settings, records))
+    except RegistryUnavailable as exc:
+        print(f"clari-sink: the schema registry is unavailable: {exc}", file=sys.stderr)
+        return 1
+    requests, rejected = sample_requests(settings, records, shaper)
     shown = [describe(r, builder) for r in requests]
     if as_json:
         print(
@@ -132,7 +150,12 @@ def print_samples(settings: Settings, limit: int, as_json: bool) -> int:
 async def test_send(settings: Settings, body: bytes | None, limit: int) -> int:
     builder = EndpointBuilder(settings)
     records = read_first(settings, limit) if settings.kafka_topics else []
-    requests, _ = sample_requests(settings, records)
+    try:
+        shaper = await shaper_for(settings, records)
+    except RegistryUnavailable as exc:
+        print(f"clari-sink: the schema registry is unavailable: {exc}", file=sys.stderr)
+        return 1
+    requests, _ = sample_requests(settings, records, shaper)
     if requests:
         req = requests[0]
     else:

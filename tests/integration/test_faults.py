@@ -112,16 +112,21 @@ def test_sigterm_with_requests_in_flight(
     assert out.lost == 0 and out.duplicated == 0 and out.reordered == 0
 
 
-def test_member_joins_and_leaves_mid_stream(
-    kafka: str, emulator: Emulator, logs: Path, fault_report: list[dict[str, Any]]
-) -> None:
-    n = 24_000
-    topic = create_topic(kafka, unique("scale"), partitions=6)
-    emulator.state.faults.latency_ms = 30
-    env = sink_env(kafka, emulator, topic)
-    feed = Feed(kafka, topic, n, rate=4_000, keys=200).begin()
+def member_joins_and_leaves(
+    kafka: str,
+    emulator: Emulator,
+    env: dict[str, str],
+    topic: str,
+    feed: Feed,
+    logs: Path,
+    after: int,
+) -> SinkProcess:
+    """While ``feed`` produces: member A runs; once ``after`` records arrived member B
+    joins, gets partitions, and stops 2 s later; A delivers the rest and is stopped once
+    everything is committed. Returns A (its output tells what it did)."""
+    feed.begin()
     a = SinkProcess(env, log_dir=logs).start()
-    wait_until(lambda: len(emulator.records()) > 1_000, 30, what="first member delivering")
+    wait_until(lambda: len(emulator.records()) > after, 30, what="first member delivering")
     b = SinkProcess(env, log_dir=logs).start()
     # Cooperative rebalancing first takes partitions from the first member, then hands
     # them over in a second round: wait for a non-empty assignment of the second member.
@@ -134,9 +139,21 @@ def test_member_joins_and_leaves_mid_stream(
     b.signal(signal.SIGTERM)
     assert b.wait(60) == 0, b.output()
     feed.join()
-    wait_all_committed(kafka, env, topic, 90)
+    wait_all_committed(kafka, env, topic, 120)
     a.signal(signal.SIGTERM)
     assert a.wait(60) == 0, a.output()
+    return a
+
+
+def test_member_joins_and_leaves_mid_stream(
+    kafka: str, emulator: Emulator, logs: Path, fault_report: list[dict[str, Any]]
+) -> None:
+    n = 24_000
+    topic = create_topic(kafka, unique("scale"), partitions=6)
+    emulator.state.faults.latency_ms = 30
+    env = sink_env(kafka, emulator, topic)
+    feed = Feed(kafka, topic, n, rate=4_000, keys=200)
+    a = member_joins_and_leaves(kafka, emulator, env, topic, feed, logs, after=1_000)
     out = check(emulator, ids(0, n))
     fault_report.append(out.row("3. second member joins, then leaves"))
     assert "partitions revoked" in a.output()  # a rebalance really happened
@@ -447,22 +464,8 @@ def test_bulk_jobs_in_progress_across_a_rebalance(
         JOB_POLL_MAX_MS=500,
         SINK_SHUTDOWN_TIMEOUT_S=1,
     )
-    feed = Feed(kafka, topic, n, rate=1_500, keys=100).begin()
-    a = SinkProcess(env, log_dir=logs).start()
-    wait_until(lambda: len(emulator.records()) > 500, 30, what="first member delivering")
-    b = SinkProcess(env, log_dir=logs).start()
-    wait_until(
-        lambda: f"partitions assigned: {topic}" in b.output(),
-        30,
-        what="second member assigned partitions",
-    )
-    time.sleep(2)
-    b.signal(signal.SIGTERM)
-    assert b.wait(60) == 0, b.output()
-    feed.join()
-    wait_all_committed(kafka, env, topic, 120)
-    a.signal(signal.SIGTERM)
-    assert a.wait(60) == 0, a.output()
+    feed = Feed(kafka, topic, n, rate=1_500, keys=100)
+    a = member_joins_and_leaves(kafka, emulator, env, topic, feed, logs, after=500)
     out = check(emulator, ids(0, n))
     fault_report.append(out.row("11. bulk jobs in progress across a rebalance"))
     assert "record(s) back from Kafka" in a.output()  # the parked path really ran

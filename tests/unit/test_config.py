@@ -130,3 +130,14 @@ def test_cli_exits_2_naming_the_setting() -> None:
 def test_poll_interval_below_session_timeout_is_refused() -> None:
     lines = errors(KAFKA_SESSION_TIMEOUT_MS="45000", KAFKA_MAX_POLL_INTERVAL_MS="10000")
     assert any(x.startswith("KAFKA_MAX_POLL_INTERVAL_MS") for x in lines)
+
+
+def test_avro_needs_a_schema_registry() -> None:
+    assert any("SCHEMA_REGISTRY_URL" in e for e in errors(KAFKA_VALUE_FORMAT="avro"))
+    assert any(
+        "SCHEMA_REGISTRY_URL" in e and "http://" in e
+        for e in errors(KAFKA_VALUE_FORMAT="avro", SCHEMA_REGISTRY_URL="registry:8081")
+    )
+    ok = Settings(**BASE, KAFKA_VALUE_FORMAT="avro", SCHEMA_REGISTRY_URL="http://registry:8081")
+    assert ok.kafka_value_format == "avro"
+    assert any("json" in e and "avro" in e for e in errors(KAFKA_VALUE_FORMAT="protobuf"))

@@ -4,23 +4,21 @@ basic auth; ``down`` makes it answer 503."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import struct
-import threading
 from typing import Any
 
 import orjson
 from aiohttp import web
 from fastavro import parse_schema, schemaless_writer
 
-from devkit.kafka_local import free_port
+from tests.support import LoopbackApp
 
 
-class Registry:
+class Registry(LoopbackApp):
     def __init__(self, username: str | None = None, password: str | None = None) -> None:
-        self.port = free_port()
+        super().__init__()
         self.auth = (
             "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
             if username
@@ -30,13 +28,6 @@ class Registry:
         self.requests: list[str] = []
         self._by_id: dict[int, dict[str, Any]] = {}
         self._subjects: dict[str, list[int]] = {}
-        self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def register(
         self, subject: str, schema: dict[str, Any], references: list[dict[str, Any]] | None = None
@@ -48,7 +39,7 @@ class Registry:
         self._subjects.setdefault(subject, []).append(sid)
         return sid
 
-    def start(self) -> Registry:
+    def build(self) -> web.Application:
         app = web.Application(middlewares=[self._guard])
         app.add_routes(
             [
@@ -56,21 +47,11 @@ class Registry:
                 web.get("/subjects/{subject}/versions/{version}", self._version),
             ]
         )
-        self._thread.start()
+        return app
 
-        async def serve() -> None:
-            self._runner = web.AppRunner(app, access_log=None)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-        asyncio.run_coroutine_threadsafe(serve(), self._loop).result(10)
+    def start(self) -> Registry:
+        self.serve()
         return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:

@@ -47,11 +47,10 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-class Emulator:
-    """The Clari API emulator on a loopback port, served from its own thread."""
+class LoopbackApp:
+    """An aiohttp app on a loopback port, served from its own thread."""
 
-    def __init__(self, **state_args: Any) -> None:
-        self.state = EmulatorState(api_token=TOKEN, partner_key=PARTNER, **state_args)
+    def __init__(self) -> None:
         self.port = free_port()
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
@@ -61,13 +60,15 @@ class Emulator:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> Emulator:
+    def build(self) -> web.Application:
+        raise NotImplementedError
+
+    def serve(self) -> None:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(build_app(self.state), access_log=None)
+        self._runner = web.AppRunner(self.build(), access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
@@ -76,6 +77,21 @@ class Emulator:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+class Emulator(LoopbackApp):
+    """The Clari API emulator on a loopback port, served from its own thread."""
+
+    def __init__(self, **state_args: Any) -> None:
+        super().__init__()
+        self.state = EmulatorState(api_token=TOKEN, partner_key=PARTNER, **state_args)
+
+    def build(self) -> web.Application:
+        return build_app(self.state)
+
+    def start(self) -> Emulator:
+        self.serve()
+        return self
 
     def records(self, entity: str | None = None) -> list[dict[str, Any]]:
         return [r for r in list(self.state.records) if entity is None or r["entity"] == entity]

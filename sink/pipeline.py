@@ -503,9 +503,11 @@ class Pipeline:
         self.batcher.drop(tps)
         kept: deque[Batch] = deque()
         for batch in self.waiting:
-            batch.records = [r for r in batch.records if (r.topic, r.partition) not in tps]
-            if batch.records:
+            covers = batch.covers if batch.covers is not None else offsets_of(batch.records)
+            if tps.isdisjoint(covers):
                 kept.append(batch)
+            elif (rest := _without(batch, covers, tps)) is not None:
+                kept.append(rest)  # a batch sent back by an earlier rebalance may be parked
         self.waiting = kept
         touching = [t for t, f in self.in_flight.items() if not tps.isdisjoint(f.covers)]
         if wait and touching:
@@ -580,8 +582,9 @@ class Pipeline:
 
 
 def _without(batch: Batch, covers: Offsets, tps: set[TP]) -> Batch | None:
-    """What of a cancelled batch must go out again once ``tps`` are revoked (None if
-    nothing): the kept partitions' records, or their offsets if the records are parked."""
+    """What of a waiting or cancelled batch must still go out once ``tps`` are revoked
+    (None if nothing): the kept partitions' records, or their offsets if the records are
+    parked, and every kept offset it answers for."""
     kept = {tp: offs for tp, offs in covers.items() if tp not in tps}
     if not kept:
         return None

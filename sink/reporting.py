@@ -28,6 +28,17 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+MAX_KEYS_SHOWN = 100  # a bulk file's thousands of keys would make each message huge
+
+
+def _keys_of(batch: Batch) -> dict[str, Any]:
+    """The batch's distinct message keys as text (the first 100, sorted) and their count:
+    what a reader correlates an API call with."""
+    keys = batch.keys
+    shown = sorted(keys)[:MAX_KEYS_SHOWN]
+    return {"keys": [k.decode("utf-8", "replace") for k in shown], "keyCount": len(keys)}
+
+
 def parse_body(body: bytes) -> Any:
     """The answer's body as JSON where it is JSON, else as text (None when empty)."""
     if not body:
@@ -91,6 +102,7 @@ class Reporter:
             "latencyMs": round(res.latency_s * 1000, 1),
             "recordCount": batch.size,
             "sources": [r.as_dict() for r in batch.ranges()],
+            **_keys_of(batch),
             "group": batch.group or None,
             "timestamp": _now_iso(),
         }

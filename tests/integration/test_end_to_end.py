@@ -50,11 +50,14 @@ def test_ten_thousand_records_arrive_exactly_once_with_responses_and_commits(
     responses = consume_all(kafka, env["RESPONSE_TOPIC"], expect=len(calls))
     assert len(responses) == len(calls) == 100
     covered: set[tuple[int, int]] = set()
+    keys: set[str] = set()
     for msg in responses:
         body = orjson.loads(msg.value())
         assert body["status"] == 200 and body["outcome"] == "delivered"
         assert msg.key() == body["batchId"].encode()
         assert sum(s["count"] for s in body["sources"]) == body["recordCount"] == 100
+        assert len(body["keys"]) == body["keyCount"] == 100  # keys are the record ids here
+        keys |= set(body["keys"])
         for src in body["sources"]:
             assert src["topic"] == topic
             covered |= {
@@ -63,6 +66,7 @@ def test_ten_thousand_records_arrive_exactly_once_with_responses_and_commits(
         assert (
             "test-token" not in msg.value().decode() and "test-partner" not in msg.value().decode()
         )
+    assert keys == {r["id"] for r in sent}
     ends = end_offsets(kafka, topic)
     assert covered == {(p, o) for p, end in ends.items() for o in range(end)}
 

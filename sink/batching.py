@@ -9,7 +9,7 @@ has lingered ``linger_s`` since its first record.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sink.decoding import RecordError, lookup
@@ -77,34 +77,35 @@ class Batcher:
         self.buffered_records = 0
         self.buffered_bytes = 0
 
-    def add(self, record: SinkRecord, data: dict[str, Any]) -> list[Batch]:
+    def add(self, record: SinkRecord, data: dict[str, Any]) -> Sequence[Batch]:
         """Add a shaped record (``data`` is its decoded form); return the batches this
-        closed (possibly none)."""
-        record.group = self.group_of(record, data)
-        size = record.nbytes
+        closed (usually none). Runs for every record: no allocation unless one closes."""
+        group = record.group = self.group_of(record, data)
+        size = len(record.body)
         if size > self.max_bytes:
             raise RecordError(
                 "record-too-large", f"{size} bytes encoded, over BATCH_MAX_BYTES={self.max_bytes}"
             )
-        closed: list[Batch] = []
-        current = self._open.get(record.group)
+        closed: Sequence[Batch] = ()
+        current = self._open.get(group)
         rid = record.rid = record_id(data, self.id_field)
         if current is not None and (
             current.batch.nbytes + size > self.max_bytes or (rid is not None and rid in current.ids)
         ):
-            closed.append(self._close(record.group))
+            closed = [self._close(group)]
             current = None
         if current is None:
-            current = self._new(record.group)
+            current = self._new(group)
         batch = current.batch
-        batch.records.append(record)
+        records = batch.records
+        records.append(record)
         batch.nbytes += size
         if rid is not None:
             current.ids.add(rid)
         self.buffered_records += 1
         self.buffered_bytes += size
-        if len(batch.records) >= self.max_records:
-            closed.append(self._close(record.group))
+        if len(records) >= self.max_records:
+            closed = [*closed, self._close(group)]
         return closed
 
     def due(self) -> list[Batch]:

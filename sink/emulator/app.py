@@ -50,6 +50,7 @@ async def faults_and_log(request: web.Request, handler: Handler) -> web.StreamRe
     state = request.app[STATE]
     if not _is_api(request.path):
         return await handler(request)
+    state.first_request = state.first_request or time.time()
     body = await request.read()
     entry: dict[str, Any] = {
         "time": time.time(),
@@ -353,6 +354,7 @@ async def get_stats(request: web.Request) -> web.Response:
             "counters": state.counters,
             "records": len(state.records),
             "jobs": {jid: _settle(state, j) for jid, j in state.jobs.items()},
+            "firstRequestAt": state.first_request or None,
             "firstAcceptAt": state.first_accept or None,
             "lastAcceptAt": state.last_accept or None,
             "latencyMs": {

@@ -87,6 +87,7 @@ class EmulatorState:
     _windows: dict[str, deque[float]] = field(default_factory=dict)
     rng: random.Random = field(default_factory=random.Random)
     latencies_ms: list[int] = field(default_factory=list)
+    first_request: float = 0.0  # when the first API call began to arrive
     first_accept: float = 0.0
     last_accept: float = 0.0
 
@@ -99,7 +100,7 @@ class EmulatorState:
         self._windows.clear()
         self.faults = Faults()
         self.latencies_ms.clear()
-        self.first_accept = self.last_accept = 0.0
+        self.first_request = self.first_accept = self.last_accept = 0.0
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

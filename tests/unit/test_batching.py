@@ -25,7 +25,7 @@ def rec(offset: int, data: dict, key: str | None = None, partition: int = 0) -> 
 
 
 def add(b: Batcher, r: SinkRecord) -> list:  # type: ignore[type-arg]
-    return b.add(r, r.data)
+    return list(b.add(r, r.data))
 
 
 def batcher(clock: Clock | None = None, **kw) -> Batcher:  # type: ignore[no-untyped-def]

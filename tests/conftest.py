@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from devkit import kafka_local
-from tests.support import Emulator
+from tests.support import Emulator, SinkProcess
 
 FAULT_REPORT: list[dict[str, Any]] = []
 REPORT_PATH = Path(__file__).resolve().parents[1] / ".local" / "fault-suite.json"
@@ -46,8 +46,10 @@ def emulator() -> Iterator[Emulator]:
 
 
 @pytest.fixture
-def logs(tmp_path: Path) -> Path:
-    return tmp_path
+def logs(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    # A test that failed half-way must not leave its sinks running into the next ones.
+    SinkProcess.kill_leftovers()
 
 
 @pytest.fixture

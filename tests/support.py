@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
@@ -240,6 +240,8 @@ def sink_env(bootstrap: str, emulator: Emulator, topic: str, **overrides: Any) -
 class SinkProcess:
     """``clari-sink run`` in a child process, with its output kept for failure messages."""
 
+    started: ClassVar[list[SinkProcess]] = []  # every one, so a failed test leaves none running
+
     def __init__(self, env: dict[str, str], *args: str, log_dir: Path) -> None:
         self.env = env
         self.args = args
@@ -256,7 +258,16 @@ class SinkProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+        SinkProcess.started.append(self)
         return self
+
+    @classmethod
+    def kill_leftovers(cls) -> None:
+        for sink in cls.started:
+            if sink.proc is not None and sink.proc.poll() is None:
+                sink.proc.kill()
+                sink.proc.wait(10)
+        cls.started.clear()
 
     def wait(self, timeout: float = 120.0) -> int:
         assert self.proc is not None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+from base64 import b64encode
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -79,7 +80,15 @@ class SchemaRegistry:
         timeout_s: float = 10.0,
     ) -> None:
         self.url = url.rstrip("/")
-        self._auth = aiohttp.BasicAuth(username, password or "") if username else None
+        # The header by hand: aiohttp deprecates BasicAuth, its replacement is 3.14+ only.
+        self._headers = (
+            {
+                "Authorization": "Basic "
+                + b64encode(f"{username}:{password or ''}".encode()).decode()
+            }
+            if username
+            else {}
+        )
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.schemas: dict[int, Any] = {}  # id -> parsed schema, or RecordError if unknown
 
@@ -92,7 +101,7 @@ class SchemaRegistry:
         answer (a schema, or "not found", which makes its records dead letters)."""
         if not ids:
             return
-        async with aiohttp.ClientSession(timeout=self._timeout, auth=self._auth) as session:
+        async with aiohttp.ClientSession(timeout=self._timeout, headers=self._headers) as session:
             for sid in sorted(ids):
                 self.schemas[sid] = await self._schema(session, sid)
                 log.info("schema %d read from the registry", sid)
@@ -101,21 +110,31 @@ class SchemaRegistry:
         body = await self._get(session, f"/schemas/ids/{sid}")
         if body is None:
             return RecordError("unknown-schema", f"schema id {sid} is not in the registry")
+        if body.get("schemaType", "AVRO") != "AVRO":
+            return RecordError(
+                "not-avro", f"schema id {sid} is {body['schemaType']}, KAFKA_VALUE_FORMAT=avro"
+            )
         named: dict[str, Any] = {}
+        missing = await self._references(session, body, named)
+        if missing is not None:
+            return RecordError("unknown-schema", f"schema id {sid} references {missing}, not found")
+        return parse_schema(_keep_encoded(orjson.loads(body["schema"])), named_schemas=named)
+
+    async def _references(
+        self, session: aiohttp.ClientSession, body: dict[str, Any], named: dict[str, Any]
+    ) -> str | None:
+        """Parse the schemas ``body`` references (and theirs) into ``named``; the name of
+        one the registry does not have, or None."""
         for ref in body.get("references") or []:
             ref_body = await self._get(
                 session, f"/subjects/{ref['subject']}/versions/{ref['version']}"
             )
             if ref_body is None:
-                return RecordError(
-                    "unknown-schema", f"schema id {sid} references {ref['name']}, not found"
-                )
+                return str(ref.get("name"))
+            if (missing := await self._references(session, ref_body, named)) is not None:
+                return missing
             parse_schema(_keep_encoded(orjson.loads(ref_body["schema"])), named_schemas=named)
-        if body.get("schemaType", "AVRO") != "AVRO":
-            return RecordError(
-                "not-avro", f"schema id {sid} is {body['schemaType']}, KAFKA_VALUE_FORMAT=avro"
-            )
-        return parse_schema(_keep_encoded(orjson.loads(body["schema"])), named_schemas=named)
+        return None
 
     async def _get(self, session: aiohttp.ClientSession, path: str) -> Any:
         try:

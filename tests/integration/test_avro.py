@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import orjson
 import pytest
 
 from devkit.kafka_local import free_port
+from sink.avro import SchemaRegistry
+from sink.decoding import RecordError
 from tests.registry import Registry, avro_value
 from tests.support import (
     Emulator,
@@ -179,3 +182,31 @@ def test_sample_shows_avro_records_as_the_json_sent(
         timeout=60,
     )
     assert down.returncode == 1 and "schema registry is unavailable" in down.stderr
+
+
+def test_schema_references_are_followed_through_several_subjects(registry: Registry) -> None:
+    country = {"type": "enum", "name": "Country", "namespace": "crm", "symbols": ["CH", "US"]}
+    place = {
+        "type": "record",
+        "name": "Place",
+        "namespace": "crm",
+        "fields": [{"name": "city", "type": "string"}, {"name": "country", "type": "crm.Country"}],
+    }
+    site = {
+        "type": "record",
+        "name": "Site",
+        "namespace": "crm",
+        "fields": [{"name": "id", "type": "string"}, {"name": "place", "type": "crm.Place"}],
+    }
+    registry.register("country", country)
+    registry.register("place", place, [{"name": "crm.Country", "subject": "country", "version": 1}])
+    sid = registry.register("site", site, [{"name": "crm.Place", "subject": "place", "version": 1}])
+    value = avro_value(site, sid, {"id": "S1", "place": {"city": "Bern", "country": "CH"}},
+                       [country, place])  # fmt: skip
+    reader = SchemaRegistry(registry.url, USER, PASSWORD)
+    asyncio.run(reader.fetch(reader.missing([value])))
+    assert reader.decode(value) == {"id": "S1", "place": {"city": "Bern", "country": "CH"}}
+    registry.register("orphan", site, [{"name": "crm.Place", "subject": "gone", "version": 1}])
+    asyncio.run(reader.fetch({sid + 1}))
+    with pytest.raises(RecordError, match=r"crm\.Place, not found"):
+        reader.decode(value[:1] + (sid + 1).to_bytes(4, "big") + value[5:])

@@ -30,6 +30,8 @@ class ReplayError(Exception):
 
 
 class Replayer:
+    """Reads given offsets back, shaped again with the sink's own shaper."""
+
     def __init__(self, settings: Settings, shaper: Shaper, timeout_s: float = 120.0) -> None:
         self.s = settings
         self.shaper = shaper

@@ -279,6 +279,7 @@ class Delivery:
         if batch.parked is not None:
             assert self.replayer is not None
             batch.unpark(await self.replayer.fetch(batch.parked))
+            self.metrics.replayed.inc(len(batch.records))
 
     def _observe(self, res: HttpResult, kind: str | None = None) -> None:
         kind = kind or self.kind

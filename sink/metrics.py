@@ -47,6 +47,14 @@ class Metrics:
             registry=r,
         )
         self.jobs = Counter(p + "jobs", "Bulk jobs by final state", ["state"], registry=r)
+        self.replayed = Counter(
+            p + "records_replayed",
+            "Records of failed or refused bulk jobs read back from Kafka",
+            registry=r,
+        )
+        self.parked = Gauge(
+            p + "parked_records", "Records of bulk jobs in progress, not held in memory", registry=r
+        )
         self.in_flight = Gauge(p + "in_flight_requests", "Batches being delivered", registry=r)
         self.buffered = Gauge(
             p + "buffered_records", "Records consumed and not yet resolved", registry=r

@@ -534,9 +534,7 @@ class Pipeline:
 
     async def _apply_backpressure(self) -> None:
         assert self.source is not None
-        # Records of bulk jobs in progress are parked (not in memory): they don't count.
-        parked = sum(f.batch.size for f in self.in_flight.values() if f.batch.parked is not None)
-        records = self.tracker.unresolved() - parked
+        records = self.tracker.unresolved() - self._parked()  # parked: not in memory
         nbytes = self._buffered_bytes()
         full = records >= self.s.max_buffered_records or nbytes >= self.s.max_buffered_bytes
         low = records < self.s.max_buffered_records // 2 and nbytes < self.s.max_buffered_bytes // 2
@@ -564,8 +562,13 @@ class Pipeline:
         self.active = active
         self.metrics.active.set(1 if active else 0)
 
+    def _parked(self) -> int:
+        """Records of bulk jobs in progress, dropped from memory (see sink/replay.py)."""
+        return sum(f.batch.size for f in self.in_flight.values() if f.batch.parked is not None)
+
     def update_gauges(self) -> None:
         self.metrics.in_flight.set(len(self.in_flight))
+        self.metrics.parked.set(self._parked())
         self.metrics.buffered.set(self.tracker.unresolved())
         self.metrics.paused.set(1 if self.backpressure else 0)
         self.metrics.healthy.set(1 if self.health.ok else 0)

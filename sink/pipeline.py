@@ -42,9 +42,14 @@ IDLE_POLL_S = 0.2
 @dataclass(slots=True)
 class _InFlight:
     batch: Batch
-    covers: Offsets  # as dispatched: delivery may shrink or park batch.records
     keys: set[bytes]
     sending: bool = True  # False once the API gave its final answer (publishing remains)
+
+    @property
+    def covers(self) -> Offsets:
+        """The offsets as dispatched: delivery may shrink or park batch.records."""
+        assert self.batch.covers is not None  # fixed by Pipeline._start
+        return self.batch.covers
 
 
 class FatalError(Exception):
@@ -365,9 +370,8 @@ class Pipeline:
         assert self.delivery is not None
         self.metrics.batch_records.observe(len(batch.records))
         batch.is_last = self._is_last_batch(more_waiting)
-        if batch.covers is None:
-            batch.covers = offsets_of(batch.records)
-        flight = _InFlight(batch, batch.covers, keys)
+        batch.covers = batch.covered()
+        flight = _InFlight(batch, keys)
         task = asyncio.create_task(
             self.delivery.deliver(batch, on_sent=lambda: self._sent(flight)),
             name=f"deliver {batch.id}",
@@ -503,10 +507,9 @@ class Pipeline:
         self.batcher.drop(tps)
         kept: deque[Batch] = deque()
         for batch in self.waiting:
-            covers = batch.covers if batch.covers is not None else offsets_of(batch.records)
-            if tps.isdisjoint(covers):
+            if tps.isdisjoint(batch.covered()):
                 kept.append(batch)
-            elif (rest := _without(batch, covers, tps)) is not None:
+            elif (rest := _without(batch, tps)) is not None:
                 kept.append(rest)  # a batch sent back by an earlier rebalance may be parked
         self.waiting = kept
         touching = [t for t, f in self.in_flight.items() if not tps.isdisjoint(f.covers)]
@@ -518,7 +521,7 @@ class Pipeline:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
                 # Records of partitions we keep go out again; the revoked ones are re-consumed.
-                retry = _without(flight.batch, flight.covers, tps)
+                retry = _without(flight.batch, tps)
                 if retry is not None:
                     self.waiting.appendleft(retry)
         for task in [t for t in self.side_tasks if not t.done()]:
@@ -584,11 +587,11 @@ class Pipeline:
             self._loop.call_soon_threadsafe(self._stop.set)
 
 
-def _without(batch: Batch, covers: Offsets, tps: set[TP]) -> Batch | None:
+def _without(batch: Batch, tps: set[TP]) -> Batch | None:
     """What of a waiting or cancelled batch must still go out once ``tps`` are revoked
     (None if nothing): the kept partitions' records, or their offsets if the records are
     parked, and every kept offset it answers for."""
-    kept = {tp: offs for tp, offs in covers.items() if tp not in tps}
+    kept = {tp: offs for tp, offs in batch.covered().items() if tp not in tps}
     if not kept:
         return None
     retry = Batch(id=batch.id + "-r", group=batch.group, covers=kept)

@@ -114,6 +114,10 @@ class Batch:
             return self.parked_keys
         return {r.key for r in self.records if r.key is not None}
 
+    def covered(self) -> Offsets:
+        """Every offset this batch answers for: fixed at dispatch, else its records'."""
+        return self.covers if self.covers is not None else offsets_of(self.records)
+
     @property
     def size(self) -> int:
         """Records in the batch, counted even while they are parked."""

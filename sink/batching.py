@@ -9,7 +9,9 @@ has lingered ``linger_s`` since its first record.
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
+from itertools import accumulate, repeat
 from typing import Any
 
 from sink.decoding import RecordError, lookup
@@ -18,9 +20,10 @@ from sink.records import Batch, SinkRecord
 GroupOf = Callable[[SinkRecord, dict[str, Any]], str]
 
 
-def grouping_function(grouping: str, attribute: str | None) -> GroupOf:
+def grouping_function(grouping: str, attribute: str | None) -> GroupOf | None:
+    """How records are grouped; None for arrival order (one group)."""
     if grouping == "size":
-        return lambda record, data: ""
+        return None
     if grouping == "key":
         return lambda record, data: (
             "" if record.key is None else record.key.decode("utf-8", "replace")
@@ -48,6 +51,20 @@ def record_id(data: dict[str, Any], id_field: str | None) -> Any:
     return rid
 
 
+_PLAIN_IDS = {str, int, type(None)}
+
+
+def _first_repeat(ids: list[Any], held: set[Any]) -> int:
+    """The index of the first id in ``ids`` already in ``held`` or earlier in ``ids``."""
+    seen = set(held)
+    for i, rid in enumerate(ids):
+        if rid is not None:
+            if rid in seen:
+                return i
+            seen.add(rid)
+    return len(ids)
+
+
 class _Open:
     __slots__ = ("batch", "ids")
 
@@ -63,7 +80,7 @@ class Batcher:
         max_records: int,
         max_bytes: int,
         linger_s: float,
-        group_of: GroupOf,
+        group_of: GroupOf | None,
         id_field: str | None = "id",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -80,7 +97,7 @@ class Batcher:
     def add(self, record: SinkRecord, data: dict[str, Any]) -> Sequence[Batch]:
         """Add a shaped record (``data`` is its decoded form); return the batches this
         closed (usually none). Runs for every record: no allocation unless one closes."""
-        group = record.group = self.group_of(record, data)
+        group = record.group = "" if self.group_of is None else self.group_of(record, data)
         size = len(record.body)
         if size > self.max_bytes:
             raise RecordError(
@@ -107,6 +124,63 @@ class Batcher:
         if len(records) >= self.max_records:
             closed = [*closed, self._close(group)]
         return closed
+
+    def add_many(
+        self, records: list[SinkRecord], datas: list[dict[str, Any]]
+    ) -> tuple[list[Batch], list[tuple[SinkRecord, RecordError]]]:
+        """add() for a poll's shaped records, in order: (closed batches, records refused).
+        In arrival order (one group) whole runs of records are placed at once, their
+        sizes summed and ids compared in C: this runs for every record of a backfill."""
+        closed: list[Batch] = []
+        refused: list[tuple[SinkRecord, RecordError]] = []
+        sizes = [len(r.body) for r in records]
+        if self.group_of is not None or (sizes and max(sizes) > self.max_bytes):
+            for record, data in zip(records, datas, strict=True):
+                try:
+                    closed.extend(self.add(record, data))
+                except RecordError as exc:
+                    refused.append((record, exc))
+            return closed, refused
+        rids = self._ids(datas)
+        start, n = 0, len(records)
+        while start < n:
+            opened = self._open.get("") or self._new("")
+            batch = opened.batch
+            # As many as the count allows, then as many as the byte cap allows...
+            end = min(n, start + self.max_records - len(batch.records))
+            total = list(accumulate(sizes[start:end], initial=batch.nbytes))
+            end = start + bisect_right(total, self.max_bytes) - 1
+            # ...then up to the first id the batch already holds.
+            ids = rids[start:end]
+            fresh = set(ids)
+            fresh.discard(None)
+            if len(fresh) + ids.count(None) < len(ids) or not opened.ids.isdisjoint(fresh):
+                end = start + _first_repeat(ids, opened.ids)
+                ids = ids[: end - start]
+                fresh = set(ids)
+                fresh.discard(None)
+            batch.records.extend(records[start:end])
+            added = total[end - start] - batch.nbytes
+            batch.nbytes += added
+            opened.ids |= fresh
+            self.buffered_records += end - start
+            self.buffered_bytes += added
+            start = end
+            # Full, or the next record does not fit (bytes or a repeated id).
+            if len(batch.records) >= self.max_records or start < n:
+                closed.append(self._close(""))
+        for record, rid in zip(records, rids, strict=True):
+            record.rid = rid
+        return closed, refused
+
+    def _ids(self, datas: list[dict[str, Any]]) -> list[Any]:
+        """record_id() of each, with the per-record call only where an id is unusual."""
+        if not self.id_field:
+            return [None] * len(datas)
+        rids = list(map(dict.get, datas, repeat(self.id_field)))
+        if set(map(type, rids)) <= _PLAIN_IDS:
+            return rids
+        return [record_id(d, self.id_field) for d in datas]
 
     def due(self) -> list[Batch]:
         """Batches whose linger time has passed."""

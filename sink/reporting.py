@@ -34,9 +34,8 @@ MAX_KEYS_SHOWN = 100  # a bulk file's thousands of keys would make each message 
 def _keys_of(batch: Batch) -> dict[str, Any]:
     """The batch's distinct message keys as text (the first 100, sorted) and their count:
     what a reader correlates an API call with."""
-    keys = batch.keys
-    shown = sorted(keys)[:MAX_KEYS_SHOWN]
-    return {"keys": [k.decode("utf-8", "replace") for k in shown], "keyCount": len(keys)}
+    shown = batch.first_keys(MAX_KEYS_SHOWN)
+    return {"keys": [k.decode("utf-8", "replace") for k in shown], "keyCount": len(batch.keys)}
 
 
 def parse_body(body: bytes) -> Any:

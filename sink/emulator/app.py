@@ -27,7 +27,7 @@ import orjson
 from aiohttp import web
 
 from sink.emulator import contract as c
-from sink.emulator.state import EmulatorState, Job
+from sink.emulator.state import EmulatorState, Job, Received
 
 STATE: web.AppKey[EmulatorState] = web.AppKey("state", EmulatorState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -151,6 +151,15 @@ def _initial_errors(state: EmulatorState, entity: str, mode: str | None) -> list
     return []
 
 
+def _quick(state: EmulatorState, raw: bytes, max_records: int | None) -> Received | None:
+    """A body that passes, counted without building its records, when records are not
+    stored; None when they are, or when check_datasets must decide and explain."""
+    if state.store_records:
+        return None
+    checked = c.quick_check(raw, max_records)
+    return Received(*checked) if checked is not None else None
+
+
 def _after_accept(state: EmulatorState, entity: str, mode: str | None, is_last: bool) -> None:
     if (mode or "").lower() == "initial" and is_last:
         state.initial_done.add(entity)
@@ -165,17 +174,21 @@ async def upload(request: web.Request) -> web.Response:
         return missing
     mode = request.query.get("mode")
     errors = c.check_query(mode, request.query.get("isLastBatch"), c.V2_MODES)
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return _json([c.error("INVALID_INPUT_FORMAT", "Request body is not valid JSON")], 400)
-    datasets, more = c.check_datasets(body, c.UPLOAD_MAX_RECORDS)
-    errors += more + _initial_errors(state, entity, mode)
+    received = _quick(state, await request.read(), c.UPLOAD_MAX_RECORDS)
+    if received is None:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _json([c.error("INVALID_INPUT_FORMAT", "Request body is not valid JSON")], 400)
+        datasets, more = c.check_datasets(body, c.UPLOAD_MAX_RECORDS)
+        errors += more
+        received = Received.of(datasets)
+    errors += _initial_errors(state, entity, mode)
     if errors:
         state.count("rejected_requests")
         return _json(errors, 400)
     meta = _meta(request, "v2-upload", entity)
-    state.accept(datasets, meta)
+    state.accept(received, meta)
     _after_accept(state, entity, mode, meta["isLastBatch"])
     return web.Response(status=200)
 
@@ -215,21 +228,25 @@ async def bulk(request: web.Request) -> web.Response:
     data = await _bulk_file(request)
     if isinstance(data, web.Response):
         return data
-    try:
-        body = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return _json([c.error("INVALID_FILE_FORMAT", "The file is not valid JSON")], 400)
+    received = _quick(state, data, None)
+    job_errors: list[dict[str, str]] = []
+    if received is None:
+        try:
+            body = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return _json([c.error("INVALID_FILE_FORMAT", "The file is not valid JSON")], 400)
+        # All-or-nothing: the job fails as a whole if any record is invalid.
+        datasets, job_errors = c.check_datasets(body, None)
+        received = Received.of(datasets)
     if state.active_jobs() >= state.max_active_jobs:
         return _json([c.error("TOO_MANY_REQUESTS", "Too many concurrent bulk jobs")], 429)
-    # All-or-nothing: the job fails as a whole if any record is invalid.
-    datasets, job_errors = c.check_datasets(body, None)
     job_errors += _initial_errors(state, entity, mode)
     meta = _meta(request, "v2-bulk", entity)
     job = state.new_job(
         entity=entity,
         mode=mode or "",
         is_last=meta["isLastBatch"],
-        datasets=datasets,
+        received=received,
         errors=job_errors,
         request=meta,
     )
@@ -240,13 +257,13 @@ def _settle(state: EmulatorState, job: Job) -> str:
     status = job.state(state.job_queued_s, state.job_running_s)
     if status == "SUCCESS" and not job.settled:
         job.settled = True
-        state.accept(job.datasets, {**job.request, "jobId": job.id})
+        state.accept(job.received, {**job.request, "jobId": job.id})
         _after_accept(state, job.entity, job.mode, job.is_last)
     if status not in ("QUEUED", "IN_PROGRESS"):
         # Ended: its records are accepted (and stored if asked) or refused. Holding every
         # job's decoded file would grow the heap without bound, and the garbage collector's
         # full passes over it would make the emulator, not the sink, the bottleneck.
-        job.datasets = []
+        job.received.datasets = []
     return status
 
 
@@ -317,7 +334,7 @@ async def v1_entity(request: web.Request) -> web.Response:
         entity=entity,
         mode=mode or "",
         is_last=meta["isLastBatch"],
-        datasets=datasets,
+        received=Received.of(datasets),
         errors=[],
         request=meta,
     )

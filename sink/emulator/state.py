@@ -40,13 +40,29 @@ class Faults:
         return data
 
 
+@dataclass(slots=True)
+class Received:
+    """What a request brings to accept: its record count, the producers' stamps (for the
+    benchmark's latency), and the data sets themselves when records are stored."""
+
+    count: int
+    stamps: list[int]
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, datasets: list[dict[str, Any]]) -> Received:
+        records = [rec for ds in datasets for rec in ds.get("records", [])]
+        stamps = [r.get("producedAt") for r in records if isinstance(r, dict)]
+        return cls(len(records), [p for p in stamps if isinstance(p, int)], datasets)
+
+
 @dataclass
 class Job:
     id: str
     entity: str
     mode: str
     is_last: bool
-    datasets: list[dict[str, Any]]
+    received: Received
     errors: list[dict[str, str]]
     will_fail: bool
     submitted: float
@@ -55,7 +71,7 @@ class Job:
     record_count: int = 0
 
     def __post_init__(self) -> None:
-        self.record_count = sum(len(ds.get("records", [])) for ds in self.datasets)
+        self.record_count = self.received.count
 
     def state(self, queued_s: float, running_s: float) -> str:
         age = time.time() - self.submitted
@@ -121,17 +137,14 @@ class EmulatorState:
         window.append(now)
         return False
 
-    def accept(self, datasets: list[dict[str, Any]], meta: dict[str, Any]) -> int:
+    def accept(self, received: Received, meta: dict[str, Any]) -> int:
         now_ms = int(time.time() * 1000)
-        n = 0
-        for ds in datasets:
-            for rec in ds.get("records", []):
-                n += 1
-                produced = rec.get("producedAt") if isinstance(rec, dict) else None
-                if isinstance(produced, int):
-                    # Benchmarks stamp records: time from the Kafka timestamp to arrival here.
-                    self.latencies_ms.append(now_ms - produced)
-                if self.store_records:
+        n = received.count
+        # Benchmarks stamp records: time from the Kafka timestamp to arrival here.
+        self.latencies_ms.extend([now_ms - p for p in received.stamps])
+        if self.store_records:
+            for ds in received.datasets:
+                for rec in ds.get("records", []):
                     self.records.append(
                         {
                             **meta,

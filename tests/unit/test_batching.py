@@ -113,3 +113,60 @@ def test_drop_forgets_revoked_partitions_only() -> None:
         add(b, rec(i, {"id": i}, partition=i % 2))
     assert b.drop({("t", 1)}) == 2
     assert [r.offset for r in b.flush()[0].records] == [0, 2]
+
+
+def batches_of(closed: list, b: Batcher) -> list:  # type: ignore[type-arg]
+    return [(x.id, [r.offset for r in x.records], x.nbytes) for x in [*closed, *b.flush()]]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_a_whole_poll_batches_exactly_as_one_record_at_a_time(seed: int) -> None:
+    """add_many (the hot path's form) against add: ids that repeat, are missing or are
+    not plain, records of every size under the cap, across several polls."""
+    import random
+
+    rng = random.Random(seed)
+    ids: list[object] = ["A", "B", "C", 1, 2, None, None, 3.5, True, {"x": 1}, "D", "E"]
+    records = [
+        rec(i, {"id": rng.choice(ids), "pad": "x" * rng.randint(0, 300)}) for i in range(400)
+    ]
+    kwargs = {"max_records": rng.randint(1, 40), "max_bytes": rng.randint(330, 3000)}
+    one, many = batcher(**kwargs), batcher(**kwargs)
+    expected = [x for r in records for x in add(one, r)]
+    got: list = []  # type: ignore[type-arg]
+    start = 0
+    while start < len(records):
+        poll = records[start : start + rng.randint(1, 60)]
+        closed, refused = many.add_many(poll, [r.data for r in poll])
+        assert refused == []
+        got += closed
+        start += len(poll)
+    assert batches_of(got, many) == batches_of(expected, one)
+    assert many.buffered_records == 0 and many.buffered_bytes == 0
+
+
+def test_a_poll_with_a_record_over_the_cap_refuses_only_that_one() -> None:
+    b = batcher(max_bytes=1024)
+    poll = [rec(0, {"id": 0}), rec(1, {"id": 1, "pad": "x" * 2000}), rec(2, {"id": 2})]
+    closed, refused = b.add_many(poll, [r.data for r in poll])
+    assert [(r.offset, e.reason) for r, e in refused] == [(1, "record-too-large")]
+    assert [r.offset for r in b.flush()[0].records] == [0, 2]
+
+
+def test_shaping_a_poll_names_each_bad_record_and_keeps_the_rest() -> None:
+    poll = [
+        SinkRecord("t", 0, 0, None, b'{"id": 1}', None, 0, b'{"id": 1}'),
+        SinkRecord("t", 0, 1, None, b"{nope", None, 0, b"{nope"),
+        SinkRecord("t", 0, 2, None, None, None, 0),
+        SinkRecord("t", 0, 3, None, b"[1]", None, 0, b"[1]"),
+        SinkRecord("t", 0, 4, None, b'{"id": 4}', None, 0, b'{"id": 4}'),
+    ]
+    shaped, datas, rejected = Shaper([]).shape_many(poll)
+    assert [r.offset for r in shaped] == [0, 4] and datas == [{"id": 1}, {"id": 4}]
+    assert [(r.offset, e.reason) for r, e in rejected] == [
+        (1, "invalid-json"),
+        (2, "null-value"),
+        (3, "not-an-object"),
+    ]
+    good = poll[:1] + poll[4:]
+    assert Shaper([]).shape_many(good) == (good, [{"id": 1}, {"id": 4}], [])

@@ -162,3 +162,79 @@ async def test_part_b_form_bearer_v1(client: TestClient) -> None:  # type: ignor
     assert r.status == 200
     got = await (await client.get("/_emulator/records?entity=contact")).json()
     assert got["records"][0]["record"] == {"id": "C1", "name": "Åsa"}
+
+
+# --- the no-store fast path must reach the same verdicts as check_datasets ---------------
+VERDICT_CASES = [
+    ds(rec(1), rec(2, producedAt=1_700_000_000_000), rec(3, nested={"a": [1, "é"]})),
+    ds(*[rec(i) for i in range(100)]),
+    ds(*[rec(i) for i in range(101)]),  # over the upload limit
+    ds(rec(1), rec(1)),  # duplicate id
+    orjson.dumps(
+        [
+            {"sourceEntity": "a", "records": [rec(1, id=7)]},
+            {"sourceEntity": "b", "records": [rec(2, id="7")]},
+        ]
+    ),  # 7 and "7" are one id
+    ds({"id": "X", "updatedAt": 2}),  # missing createdAt
+    ds(rec(1, createdAt="2024-01-01")),
+    ds(rec(1, createdAt=-1)),
+    ds(rec(1, createdAt=True)),
+    ds(rec(1, updatedAt=1.5)),
+    ds(rec(1, id=None)),
+    ds(rec(1, id="")),
+    ds(rec(1, id={"composite": 1})),
+    ds(rec(1, producedAt="soon")),
+    orjson.dumps({"records": []}),
+    orjson.dumps([{"records": [rec(1)]}]),  # no sourceEntity
+    orjson.dumps([{"sourceEntity": 3, "records": [rec(1)]}]),
+    orjson.dumps([{"sourceEntity": "a", "records": {}}]),
+    orjson.dumps([{"sourceEntity": "a", "records": [1]}]),
+    b'[{"sourceEntity":"a","records":[{"id":"1","createdAt":1,"updatedAt":2,"n":"\xff"}]}]',
+    b'[{"sourceEntity":"a","records":[{"id":"1","createdAt":1,"updatedAt":2,"n":tru}]}]',
+    b"[]",
+]
+
+
+@pytest.mark.parametrize("body", VERDICT_CASES)
+def test_quick_check_agrees_with_check_datasets(body: bytes) -> None:
+    from sink.emulator.contract import check_datasets, quick_check
+    from sink.emulator.state import Received
+
+    quick = quick_check(body, 100)
+    try:
+        datasets, errors = check_datasets(orjson.loads(body), 100)
+    except orjson.JSONDecodeError:
+        assert quick is None
+        return
+    assert (quick is not None) == (not errors), errors
+    if quick is not None:
+        full = Received.of(datasets)
+        assert quick == (full.count, full.stamps)
+
+
+@pytest.fixture
+async def counting() -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+    state = EmulatorState(
+        api_token="tok", partner_key="pk", job_queued_s=0.05, job_running_s=0.05,
+        store_records=False,
+    )  # fmt: skip
+    async with TestClient(TestServer(build_app(state))) as c:
+        yield c
+
+
+async def test_without_stored_records_counts_and_still_names_errors(counting: TestClient) -> None:  # type: ignore[type-arg]
+    r = await counting.post(URL, data=ds(rec(1), rec(2, producedAt=1)), headers=AUTH)
+    assert r.status == 200
+    r = await counting.post(URL, data=ds(rec(1), rec(1)), headers=AUTH)
+    assert r.status == 400
+    assert "Duplicate record with value R1" in (await r.json())[0]["errorSummary"]
+    status, body = await bulk(counting, ds(*[rec(i) for i in range(300)]))
+    status, body = await poll(counting, body["jobId"])
+    assert status == 200 and body["message"]["recordCount"] == 300
+    status, body = await bulk(counting, ds(rec(1), {"id": "bad"}))
+    status, body = await poll(counting, body["jobId"])
+    assert status == 400 and "createdAt" in body["message"][0]["errorSummary"]
+    stats = await (await counting.get("/_emulator/stats")).json()
+    assert stats["counters"]["records_accepted"] == 302
+    assert (await (await counting.get("/_emulator/records")).json())["count"] == 0

@@ -116,7 +116,7 @@ class Delivery:
             calls += 1
             req = self.builder.build(batch, batch.is_last)
             res = await self.http.call(req)
-            req.body = b""  # sent: don't hold a 10 MB bulk file while its job runs
+            req.release()  # sent: don't hold a 10 MB bulk file while its job runs
             self._observe(res)
             verdict = classify(res.status)
             body = parse_body(res.body)

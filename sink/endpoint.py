@@ -10,7 +10,7 @@ from urllib.parse import quote
 from sink import __version__
 from sink.config import Settings
 from sink.decoding import lookup
-from sink.formats import CONTENT_TYPES, render
+from sink.formats import CONTENT_TYPES, render_pieces
 from sink.records import Batch
 
 SECRET_HEADERS = frozenset({"apikey", "partnerkey", "authorization", "x-api-key"})
@@ -26,13 +26,27 @@ class PreparedRequest:
     method: str
     url: str
     headers: dict[str, str]
-    body: bytes
+    pieces: list[bytes]  # the body, sent one piece after the other (formats.render_pieces)
     records: int = 0
     nbytes: int = -1  # the body's size, kept once the body itself is released
 
     def __post_init__(self) -> None:
         if self.nbytes < 0:
-            self.nbytes = len(self.body)
+            self.nbytes = sum(map(len, self.pieces))
+
+    @property
+    def body(self) -> bytes:
+        """The whole body in one buffer: for display and small bodies."""
+        return b"".join(self.pieces)
+
+    @body.setter
+    def body(self, value: bytes) -> None:
+        self.pieces = [value]
+        self.nbytes = len(value)
+
+    def release(self) -> None:
+        """Let go of the body (sent: a 10 MB bulk file is not held while its job runs)."""
+        self.pieces = []
 
 
 class EndpointBuilder:
@@ -111,16 +125,16 @@ class EndpointBuilder:
         if self.template == "ingest-bulk-entities":
             boundary = f"clari-sink-{uuid.uuid4().hex}"
             head, tail = _multipart_envelope(boundary)
-            body = render(self.format, batch.records, s.source_entity, head, tail)
+            pieces = render_pieces(self.format, batch.records, s.source_entity, head, tail)
             headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
         else:
-            body = render(self.format, batch.records, s.source_entity)
+            pieces = render_pieces(self.format, batch.records, s.source_entity)
             headers["Content-Type"] = CONTENT_TYPES[self.format]
         return PreparedRequest(
             method=method,
             url=self.url_for(batch, is_last),
             headers=headers,
-            body=body,
+            pieces=pieces,
             records=len(batch.records),
         )
 
@@ -131,7 +145,7 @@ class EndpointBuilder:
             **self.credential_headers(),
         }
         return PreparedRequest(
-            method="GET", url=self.job_status_url(job_id), headers=headers, body=b""
+            method="GET", url=self.job_status_url(job_id), headers=headers, pieces=[]
         )
 
     # -- masking ---------------------------------------------------------------------

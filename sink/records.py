@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import time
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -80,6 +79,7 @@ class OffsetRange:
         }
 
 
+KEYS_SHOWN = 100  # a bulk file's thousands of keys would make each response message huge
 Offsets = dict[tuple[str, int], list[int]]  # (topic, partition) → offsets, ascending
 
 
@@ -117,7 +117,7 @@ class Batch:
     # The distinct message keys, computed once: a bulk batch holds 20,000 of them, and
     # dispatch, parking and every response message need them.
     key_set: set[bytes] | None = None
-    lowest_keys: list[bytes] | None = None  # the first keys in byte order, for reports
+    shown_keys: list[bytes] | None = None  # the first keys, for response messages
     # Every offset this batch answers for (set at dispatch): what is resolved when it ends.
     covers: Offsets | None = None
 
@@ -132,12 +132,18 @@ class Batch:
             keys = self.key_set = cast(set[bytes], found)
         return keys
 
-    def first_keys(self, limit: int) -> list[bytes]:
-        """The ``limit`` lowest keys in byte order, found once: every response message of
-        the batch names them."""
-        if self.lowest_keys is None:
-            self.lowest_keys = heapq.nsmallest(limit, self.keys)  # 5x sorted()'s speed
-        return self.lowest_keys[:limit]
+    def first_keys(self, limit: int = KEYS_SHOWN) -> list[bytes]:
+        """The first ``limit`` distinct keys in record order, found once (while the
+        records are here): every response message of the batch names them."""
+        if self.shown_keys is None:
+            shown: dict[bytes, None] = {}
+            for record in self.records:  # a bulk batch stops after some 100 of 20,000
+                if record.key is not None:
+                    shown[record.key] = None
+                    if len(shown) == limit:
+                        break
+            self.shown_keys = list(shown)
+        return self.shown_keys[:limit]
 
     def covered(self) -> Offsets:
         """Every offset this batch answers for: fixed at dispatch, else its records'."""
@@ -153,7 +159,7 @@ class Batch:
     def park(self) -> None:
         """Drop the records, keeping their offsets (and keys) to read them back if they
         are needed."""
-        _ = self.keys
+        _ = self.keys, self.first_keys()  # found now, while the records are here
         covers = self.covers
         if covers is not None and sum(map(len, covers.values())) == len(self.records):
             self.parked = covers  # none was dead-lettered on the way: the same offsets

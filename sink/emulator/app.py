@@ -151,7 +151,9 @@ def _initial_errors(state: EmulatorState, entity: str, mode: str | None) -> list
     return []
 
 
-def _quick(state: EmulatorState, raw: bytes, max_records: int | None) -> Received | None:
+def _quick(
+    state: EmulatorState, raw: bytes | memoryview, max_records: int | None
+) -> Received | None:
     """A body that passes, counted without building its records, when records are not
     stored; None when they are, or when check_datasets must decide and explain."""
     if state.store_records:
@@ -193,7 +195,7 @@ async def upload(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-async def _bulk_file(request: web.Request) -> bytes | web.Response:
+async def _bulk_file(request: web.Request) -> memoryview | web.Response:
     """The first file part of a multipart body (the logging middleware already read it)."""
     ctype = request.headers.get("Content-Type", "")
     boundary = ctype.partition("boundary=")[2].strip('"')
@@ -202,15 +204,25 @@ async def _bulk_file(request: web.Request) -> bytes | web.Response:
             [c.error("INVALID_FILE_FORMAT", "Expected multipart/form-data with a JSON file")], 400
         )
     raw = await request.read()
-    # Split on the boundary by hand: files reach 10 MB, and bytes.split runs at memchr speed.
-    for part in raw.split(b"--" + boundary.encode())[1:]:
-        head, sep, content = part.partition(b"\r\n\r\n")
-        if sep and b"filename=" in head:
-            if content.endswith(b"\r\n"):
-                content = content[:-2]
+    # Found by hand, and handed on as a view: files reach 10 MB, and every split or slice
+    # of the body would copy it.
+    delimiter = b"--" + boundary.encode()
+    start = raw.find(delimiter)
+    while start >= 0:
+        head_end = raw.find(b"\r\n\r\n", start)
+        end = raw.find(delimiter, start + len(delimiter))
+        if head_end < 0 or (end >= 0 and head_end > end):
+            start = end
+            continue
+        if b"filename=" in raw[start:head_end]:
+            stop = len(raw) if end < 0 else end
+            if raw[stop - 2 : stop] == b"\r\n":
+                stop -= 2
+            content = memoryview(raw)[head_end + 4 : stop]
             if len(content) > c.BULK_MAX_BYTES:
                 return _json([c.error("PAYLOAD_TOO_LARGE", "The file is larger than 10 MB")], 413)
             return content
+        start = end
     return _json([c.error("INVALID_FILE_FORMAT", "No file part in the request")], 400)
 
 

@@ -139,10 +139,15 @@ _CHECK = msgspec.json.Decoder(list[_CheckedSet])
 _ASCII = bytes(range(128))
 
 
-def quick_check(raw: bytes, max_records: int | None) -> tuple[int, list[int]] | None:
+def quick_check(raw: bytes | memoryview, max_records: int | None) -> tuple[int, list[int]] | None:
     """(record count, producedAt stamps) of a body that passes every check of
-    check_datasets; None if it may not (check_datasets then decides and explains)."""
-    if not raw.isascii():
+    check_datasets; None if it may not (check_datasets then decides and explains).
+    ``raw`` may be a view into the request (a multipart file part): its UTF-8 is checked
+    on the whole request, whose multipart envelope is ASCII, rather than on a copy."""
+    text = raw.obj if isinstance(raw, memoryview) else raw
+    if not isinstance(text, bytes):
+        return None
+    if not text.isascii():
         # msgspec does not validate the UTF-8 of the values it skips. Decoding the whole
         # file to check costs twice the parse; the non-ASCII bytes alone (multi-byte
         # characters never contain an ASCII byte) catch every invalid byte and broken
@@ -150,7 +155,7 @@ def quick_check(raw: bytes, max_records: int | None) -> tuple[int, list[int]] | 
         # sends those (it validates each record in full), and check_datasets, used
         # whenever records are stored, sees them.
         try:
-            raw.translate(None, _ASCII).decode()
+            text.translate(None, _ASCII).decode()
         except UnicodeDecodeError:
             return None
     try:

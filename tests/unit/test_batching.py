@@ -149,7 +149,7 @@ def test_a_poll_with_a_record_over_the_cap_refuses_only_that_one() -> None:
     b = batcher(max_bytes=1024)
     poll = [rec(0, {"id": 0}), rec(1, {"id": 1, "pad": "x" * 2000}), rec(2, {"id": 2})]
     closed, refused = b.add_many(poll, [r.data for r in poll])
-    assert [(r.offset, e.reason) for r, e in refused] == [(1, "record-too-large")]
+    assert closed == [] and [(r.offset, e.reason) for r, e in refused] == [(1, "record-too-large")]
     assert [r.offset for r in b.flush()[0].records] == [0, 2]
 
 

@@ -140,7 +140,7 @@ def test_json_bodies_are_exact_for_none_one_and_many_records() -> None:
     def recs(n: int) -> list[SinkRecord]:
         return batch(*({"id": f"R{i}"} for i in range(n))).records if n else []
 
-    for n in (0, 1, 3):
+    for n in (0, 1, 3, 7_000):  # 7,000 records: a body of many pieces
         ids = [{"id": f"R{i}"} for i in range(n)]
         assert orjson.loads(render("json", recs(n), "crm_x")) == ids
         assert orjson.loads(render("clari-datasets", recs(n), "crm_x")) == [
@@ -151,6 +151,20 @@ def test_json_bodies_are_exact_for_none_one_and_many_records() -> None:
         assert ndjson.endswith(b"\n") or n == 0
     wrapped = render("json", recs(2), "crm_x", b"HEAD", b"TAIL")
     assert wrapped == b'HEAD[{"id":"R0"},{"id":"R1"}]TAIL'
+
+
+def test_a_large_body_is_built_in_pieces_of_about_64_kib() -> None:
+    from sink.formats import PIECE_BYTES, render_pieces
+
+    big = batch(*({"id": f"R{i}", "pad": "x" * (i % 2_000)} for i in range(4_000)))
+    s = Settings(CLARI_TEMPLATE="ingest-bulk-entities", CLARI_ENTITY_TYPE="Account", **CRED)
+    req = EndpointBuilder(s).build(big, True)
+    inner = req.pieces[1:-1]  # between the multipart head and tail
+    assert len(inner) > 50 and max(map(len, inner)) < 2 * PIECE_BYTES
+    assert req.nbytes == len(req.body)
+    file = req.body.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n--", 1)[0]
+    assert [r["id"] for r in orjson.loads(file)[0]["records"]] == [f"R{i}" for i in range(4_000)]
+    assert render_pieces("json", [], "x") == [b"[]"]
 
 
 def test_a_parked_batch_keeps_offsets_keys_and_count_not_records() -> None:

@@ -149,9 +149,10 @@ class Emulator:
 class Sink:
     """``clari-sink run`` as a child; ``finish`` reaps it with its CPU time and peak RSS."""
 
-    def __init__(self, env: dict[str, str], until_drained: bool) -> None:
+    def __init__(self, env: dict[str, str], until_drained: bool, log: str = "sink.log") -> None:
         args = [sys.executable, "-m", "sink.cli", "run"] + (["--until-drained"] * until_drained)
-        self.log = Path(RESULTS / "sink.log").open("wb")  # noqa: SIM115 (closed in finish)
+        self.log_path = RESULTS / log
+        self.log = self.log_path.open("wb")  # closed in finish
         self.proc = subprocess.Popen(
             args, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT
         )
@@ -191,7 +192,7 @@ class Sink:
         self.proc.returncode = os.waitstatus_to_exitcode(status)
         self.log.close()
         if self.proc.returncode != 0:
-            raise RuntimeError(f"sink exited {self.proc.returncode}; see {RESULTS / 'sink.log'}")
+            raise RuntimeError(f"sink exited {self.proc.returncode}; see {self.log_path}")
         self.peak_rss_mib = max(self.peak_rss_mib, usage.ru_maxrss / 1024)
         return usage.ru_utime + usage.ru_stime, self.peak_rss_mib
 
@@ -217,6 +218,18 @@ def sink_env(bootstrap: str, topic: str, emu: Emulator, name: str, **extra: Any)
 
 
 # --- scenarios ---------------------------------------------------------------------------
+# The bulk runs: files of up to 20,000 records and 9 MB (Clari takes 10 MB), job status
+# polled from 50 ms (the emulator's jobs take 150 ms), 16 jobs in progress at once.
+BULK: dict[str, Any] = {
+    "CLARI_TEMPLATE": "ingest-bulk-entities",
+    "BATCH_SIZE": 20_000,
+    "BATCH_MAX_BYTES": 9_000_000,
+    "JOB_POLL_INITIAL_MS": 50,
+    "JOB_POLL_MAX_MS": 200,
+    "HTTP_MAX_IN_FLIGHT": 16,
+}
+
+
 def result(
     name: str,
     n: int,
@@ -271,14 +284,20 @@ def run_backlog(
     n: int,
     latency_ms: float = 0,
     down_s: float = 0,
+    members: int = 1,
     **extra: Any,
 ) -> dict[str, Any]:
     emu = Emulator(latency_ms)
     try:
         if down_s:
             emu.faults(down_for_s=down_s)
-        sink = Sink(sink_env(bootstrap, topic, emu, name, **extra), until_drained=True)
-        cpu, rss = sink.finish()
+        env = sink_env(bootstrap, topic, emu, name, **extra)
+        # More than one member: consumer-group members sharing the partitions, as pods
+        # of one Deployment would (each drains its own partitions, then leaves).
+        sinks = [Sink(env, until_drained=True, log=f"sink-{i}.log") for i in range(members)]
+        finished = [sink.finish() for sink in sinks]
+        cpu = sum(c for c, _ in finished)
+        rss = max(r for _, r in finished)  # per member (per pod)
         stats = emu.stats()
         accepted = stats["counters"].get("records_accepted", 0)
         assert accepted >= n, f"{name}: {accepted} of {n} records reached the emulator"
@@ -293,6 +312,7 @@ def run_backlog(
             rss,
             stats["latencyMs"],
             api_calls=stats["counters"].get("requests", 0),
+            members=members,
         )
     finally:
         emu.stop()
@@ -428,15 +448,12 @@ def main(argv: list[str] | None = None) -> int:
                     bootstrap,
                     topic,
                     n,
-                    CLARI_TEMPLATE="ingest-bulk-entities",
-                    BATCH_SIZE=20_000,
-                    BATCH_MAX_BYTES=9_000_000,
+                    **BULK,
                     SINK_MAX_BUFFERED_BYTES=args.bulk_buffer_mib * 1024 * 1024,
-                    JOB_POLL_INITIAL_MS=50,
-                    JOB_POLL_MAX_MS=200,
-                    HTTP_MAX_IN_FLIGHT=16,
                 )
             )
+        if args.only and "bulk-2-members" in args.only:  # on request: see bench/README.md
+            report(run_backlog("bulk-2-members", bootstrap, topic, n, members=2, **BULK))
         live_n = int(10_000 * args.live_seconds)
         if want("live-10k"):
             report(

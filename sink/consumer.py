@@ -187,9 +187,29 @@ class KafkaSource:
         while self.mid_rebalance and time.monotonic() < deadline:
             await self.consume(100, 0.2)  # paused: serves callbacks, returns no records
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float = 10) -> None:
+        await self._call(self._leave, timeout_s)
         await self._call(self._consumer.close)
         self._thread.shutdown(wait=True)
+
+    def _leave(self, timeout_s: float) -> None:
+        """Leave the group before closing: close() can hang for good when a rebalance
+        reaches the consumer while it closes (the unassign made from the callback that
+        close() serves waits for a reply that never comes: librdkafka #4884, open; seen
+        here when a second member left as this one stopped). The known workaround:
+        unsubscribe, and poll until the assignment is gone, so that close() has nothing
+        left to rebalance. Records polled meanwhile are dropped: never tracked, never
+        committed, their partitions' next owner reads them."""
+        consumer = self._consumer
+        try:
+            if self.assignment:
+                consumer.pause([TopicPartition(t, p) for t, p in self.assignment])
+            consumer.unsubscribe()
+            deadline = time.monotonic() + timeout_s
+            while self.assignment and time.monotonic() < deadline:
+                consumer.consume(100, 0.1)  # serves the revocation
+        except KafkaException as exc:
+            log.warning("leaving the consumer group before closing: %s", exc)
 
 
 def _tps(positions: dict[TP, int]) -> list[TopicPartition]:

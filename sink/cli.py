@@ -189,7 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--fault-503", type=float, default=0.0)
     emu.add_argument("--fault-reset", type=float, default=0.0, help="share of connections reset")
     emu.add_argument("--latency-ms", type=float, default=0.0, help="added latency per call")
-    emu.add_argument("--no-store", action="store_true", help="count records, do not keep them")
+    emu.add_argument(
+        "--no-store",
+        action="store_true",
+        help="count records, do not keep them (bodies are checked without building the records)",
+    )
     emu.set_defaults(func=cmd_emulator)
     return parser
 

@@ -586,7 +586,7 @@ def _without(batch: Batch, tps: set[TP]) -> Batch | None:
     retry = Batch(id=batch.id + "-r", group=batch.group, covers=kept)
     if batch.parked is not None:
         retry.parked = {tp: offs for tp, offs in batch.parked.items() if tp not in tps}
-        retry.key_set = batch.key_set
+        retry.key_set, retry.shown_keys = batch.key_set, batch.shown_keys
     else:
         retry.records = [r for r in batch.records if (r.topic, r.partition) not in tps]
         retry.nbytes = sum(r.nbytes for r in retry.records)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from itertools import accumulate, repeat
 from typing import Any
 
-from sink.decoding import RecordError, lookup
+from sink.decoding import RecordError, lookup, record_id
 from sink.records import Batch, SinkRecord
 
 GroupOf = Callable[[SinkRecord, dict[str, Any]], str]
@@ -41,14 +41,6 @@ def grouping_function(grouping: str, attribute: str | None) -> GroupOf | None:
 
         return by_attribute
     raise ValueError(f"unknown grouping {grouping!r}")
-
-
-def record_id(data: dict[str, Any], id_field: str | None) -> Any:
-    """The record's id (CLARI_ID_FIELD) as a hashable value, or None."""
-    rid = data.get(id_field) if id_field else None
-    if rid is not None and type(rid) not in (str, int):
-        rid = repr(rid)  # ids that are objects or lists still cut a batch when repeated
-    return rid
 
 
 _PLAIN_IDS = {str, int, type(None)}
@@ -94,10 +86,21 @@ class Batcher:
         self.buffered_records = 0
         self.buffered_bytes = 0
 
+    @property
+    def needs_data(self) -> bool:
+        """Whether placing a record needs its decoded form (attribute or key grouping),
+        or only its id (arrival order)."""
+        return self.group_of is not None
+
     def add(self, record: SinkRecord, data: dict[str, Any]) -> Sequence[Batch]:
         """Add a shaped record (``data`` is its decoded form); return the batches this
-        closed (usually none). Runs for every record: no allocation unless one closes."""
-        group = record.group = "" if self.group_of is None else self.group_of(record, data)
+        closed (usually none)."""
+        group = "" if self.group_of is None else self.group_of(record, data)
+        return self._place(record, group, record_id(data, self.id_field))
+
+    def _place(self, record: SinkRecord, group: str, rid: Any) -> Sequence[Batch]:
+        """Put ``record`` in its group's batch. No allocation unless a batch closes."""
+        record.group = group
         size = len(record.body)
         if size > self.max_bytes:
             raise RecordError(
@@ -105,7 +108,7 @@ class Batcher:
             )
         closed: Sequence[Batch] = ()
         current = self._open.get(group)
-        rid = record.rid = record_id(data, self.id_field)
+        record.rid = rid
         if current is not None and (
             current.batch.nbytes + size > self.max_bytes or (rid is not None and rid in current.ids)
         ):
@@ -126,22 +129,37 @@ class Batcher:
         return closed
 
     def add_many(
-        self, records: list[SinkRecord], datas: list[dict[str, Any]]
+        self,
+        records: list[SinkRecord],
+        datas: list[dict[str, Any]] | None,
+        rids: list[Any] | None = None,
     ) -> tuple[list[Batch], list[tuple[SinkRecord, RecordError]]]:
         """add() for a poll's shaped records, in order: (closed batches, records refused).
-        In arrival order (one group) whole runs of records are placed at once, their
-        sizes summed and ids compared in C: this runs for every record of a backfill."""
+        ``datas`` are their decoded forms, needed only when ``needs_data``; ``rids`` their
+        ids when known (else read from ``datas``). In arrival order (one group) whole
+        runs of records are placed at once, their sizes summed and ids compared in C:
+        this runs for every record of a backfill."""
         closed: list[Batch] = []
         refused: list[tuple[SinkRecord, RecordError]] = []
+        if rids is None:
+            assert datas is not None, "add_many needs the records' data or their ids"
+            rids = self._ids(datas)
         sizes = [len(r.body) for r in records]
-        if self.group_of is not None or (sizes and max(sizes) > self.max_bytes):
+        if self.group_of is not None:
+            assert datas is not None, "grouping by key or attribute needs the records' data"
             for record, data in zip(records, datas, strict=True):
                 try:
                     closed.extend(self.add(record, data))
                 except RecordError as exc:
                     refused.append((record, exc))
             return closed, refused
-        rids = self._ids(datas)
+        if sizes and max(sizes) > self.max_bytes:
+            for record, rid in zip(records, rids, strict=True):
+                try:
+                    closed.extend(self._place(record, "", rid))
+                except RecordError as exc:
+                    refused.append((record, exc))
+            return closed, refused
         start, n = 0, len(records)
         while start < n:
             opened = self._open.get("") or self._new("")

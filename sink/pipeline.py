@@ -293,8 +293,17 @@ class Pipeline:
                     self._consumer_error(msg)
             msgs = [m for m in msgs if m.error() is None]
         consumed = list(map(SinkRecord.from_message, msgs))
-        shaped, datas, rejected = self.shaper.shape_many(consumed)
-        closed, refused = self.batcher.add_many(shaped, datas)
+        # Batched in arrival order, a JSON record sent as it is needs only checking and
+        # its id; otherwise it is decoded (and shaped, when attributes are dropped).
+        probed = None
+        if not self.batcher.needs_data:
+            probed = self.shaper.probe_many(consumed, self.s.clari_id_field)
+        if probed is not None:
+            shaped, rids, rejected = probed
+            closed, refused = self.batcher.add_many(shaped, None, rids)
+        else:
+            shaped, datas, rejected = self.shaper.shape_many(consumed)
+            closed, refused = self.batcher.add_many(shaped, datas)
         self.waiting.extend(closed)
         # Tracked per partition once per poll; nothing resolves before this (deliveries
         # start later, and rejections are handled below).

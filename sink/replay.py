@@ -16,10 +16,9 @@ import time
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from sink.batching import record_id
 from sink.config import Settings
 from sink.consumer import consumer_config
-from sink.decoding import RecordError, Shaper
+from sink.decoding import RecordError, Shaper, record_id
 from sink.records import Offsets, SinkRecord
 
 log = logging.getLogger(__name__)

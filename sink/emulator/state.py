@@ -53,7 +53,7 @@ class Received:
     def of(cls, datasets: list[dict[str, Any]]) -> Received:
         records = [rec for ds in datasets for rec in ds.get("records", [])]
         stamps = [r.get("producedAt") for r in records if isinstance(r, dict)]
-        return cls(len(records), [p for p in stamps if isinstance(p, int)], datasets)
+        return cls(len(records), [p for p in stamps if type(p) is int], datasets)  # not bools
 
 
 @dataclass

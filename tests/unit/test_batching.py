@@ -4,7 +4,7 @@ import orjson
 import pytest
 
 from sink.batching import Batcher, grouping_function
-from sink.decoding import RecordError, Shaper
+from sink.decoding import RecordError, Shaper, record_id
 from sink.records import SinkRecord
 
 
@@ -131,17 +131,24 @@ def test_a_whole_poll_batches_exactly_as_one_record_at_a_time(seed: int) -> None
         rec(i, {"id": rng.choice(ids), "pad": "x" * rng.randint(0, 300)}) for i in range(400)
     ]
     kwargs = {"max_records": rng.randint(1, 40), "max_bytes": rng.randint(330, 3000)}
-    one, many = batcher(**kwargs), batcher(**kwargs)
+    one, many, by_id = batcher(**kwargs), batcher(**kwargs), batcher(**kwargs)
     expected = [x for r in records for x in add(one, r)]
     got: list = []  # type: ignore[type-arg]
+    got_by_id: list = []  # type: ignore[type-arg]
     start = 0
     while start < len(records):
         poll = records[start : start + rng.randint(1, 60)]
         closed, refused = many.add_many(poll, [r.data for r in poll])
         assert refused == []
         got += closed
+        # As the probe path calls it: the ids only, no decoded records.
+        closed, refused = by_id.add_many(poll, None, [record_id(r.data, "id") for r in poll])
+        assert refused == []
+        got_by_id += closed
         start += len(poll)
-    assert batches_of(got, many) == batches_of(expected, one)
+    want = batches_of(expected, one)
+    assert batches_of(got, many) == want
+    assert batches_of(got_by_id, by_id) == want
     assert many.buffered_records == 0 and many.buffered_bytes == 0
 
 
@@ -151,6 +158,8 @@ def test_a_poll_with_a_record_over_the_cap_refuses_only_that_one() -> None:
     closed, refused = b.add_many(poll, [r.data for r in poll])
     assert closed == [] and [(r.offset, e.reason) for r, e in refused] == [(1, "record-too-large")]
     assert [r.offset for r in b.flush()[0].records] == [0, 2]
+    closed, refused = b.add_many(poll, None, [0, 1, 2])
+    assert [(r.offset, e.reason) for r, e in refused] == [(1, "record-too-large")]
 
 
 def test_shaping_a_poll_names_each_bad_record_and_keeps_the_rest() -> None:

@@ -54,3 +54,54 @@ def test_records_that_cannot_be_sent_say_why(value: bytes | None, reason: str) -
 def test_lookup() -> None:
     assert lookup({"a": {"b": 1}}, "a.b") == 1
     assert lookup({"a": 1}, "a.b") is None
+
+
+PROBE_VALUES: list[bytes | None] = [
+    '{"id": "A1", "name": "Kraków"}'.encode(),
+    b'{"id": 7}',
+    b'{"id": 7.5}',
+    b'{"id": true}',
+    b'{"id": {"org": 1, "n": [1, 2]}}',
+    b'{"id": ["a", 1]}',
+    b'{"id": null}',
+    b'{"name": "no id"}',
+    b"{nope",
+    None,  # a tombstone
+    b"[1, 2]",
+    b'"text"',
+    b'{"id": "x", "n": "\xc3x\xa9"}',  # a broken UTF-8 sequence
+    b'{"id": "x", "n": "\xff"}',
+    b'\xef\xbb\xbf{"id": "bom"}',  # a byte order mark: simdjson skips it, JSON does not
+    b'{"id": "big", "n": 123456789012345678901234567890}',  # beyond 64 bits: orjson takes it
+    b'  {"id": "spaced"}\n',
+    b'{"id": "x", "n": "\\ud800"}',  # a lone surrogate
+]
+
+
+def test_probing_a_poll_reaches_the_verdicts_and_ids_of_decoding_it() -> None:
+    """probe_many (simdjson, nothing built) against shape_many (orjson): the same records
+    pass, with the same ids (record_id), and the rest are refused for the same reasons."""
+    from sink.decoding import record_id
+
+    def poll() -> list[SinkRecord]:
+        return [
+            SinkRecord("t", 0, i, None, v, None, 0, v or b"") for i, v in enumerate(PROBE_VALUES)
+        ]
+
+    probed = Shaper([]).probe_many(poll(), "id")
+    assert probed is not None
+    passed, ids, rejected = probed
+    shaped_, datas, refused = Shaper([]).shape_many(poll())
+    assert [r.offset for r in passed] == [r.offset for r in shaped_]
+    assert ids == [record_id(d, "id") for d in datas]
+    assert [(r.offset, e.reason) for r, e in rejected] == [(r.offset, e.reason) for r, e in refused]
+    assert len(passed) == 10 and {e.reason for _, e in rejected} == {
+        "invalid-json",
+        "null-value",
+        "not-an-object",
+    }
+
+
+def test_values_to_reshape_are_not_probed() -> None:
+    assert Shaper(["secret"]).probe_many([], "id") is None
+    assert Shaper([], decode=lambda raw: {}).probe_many([], "id") is None

@@ -12,6 +12,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from itertools import accumulate, repeat
+from operator import attrgetter
 from typing import Any
 
 from sink.decoding import RecordError, lookup, record_id
@@ -44,6 +45,7 @@ def grouping_function(grouping: str, attribute: str | None) -> GroupOf | None:
 
 
 _PLAIN_IDS = {str, int, type(None)}
+_BODY_OF = attrgetter("body")
 
 
 def _first_repeat(ids: list[Any], held: set[Any]) -> int:
@@ -136,15 +138,17 @@ class Batcher:
     ) -> tuple[list[Batch], list[tuple[SinkRecord, RecordError]]]:
         """add() for a poll's shaped records, in order: (closed batches, records refused).
         ``datas`` are their decoded forms, needed only when ``needs_data``; ``rids`` their
-        ids when known (else read from ``datas``). In arrival order (one group) whole
-        runs of records are placed at once, their sizes summed and ids compared in C:
-        this runs for every record of a backfill."""
+        ids when already read and set on them (Shaper.probe_many), else read here. In
+        arrival order (one group) whole runs of records are placed at once, their sizes
+        summed and ids compared in C: this runs for every record of a backfill."""
         closed: list[Batch] = []
         refused: list[tuple[SinkRecord, RecordError]] = []
         if rids is None:
             assert datas is not None, "add_many needs the records' data or their ids"
             rids = self._ids(datas)
-        sizes = [len(r.body) for r in records]
+            for record, rid in zip(records, rids, strict=True):
+                record.rid = rid
+        sizes = list(map(len, map(_BODY_OF, records)))
         if self.group_of is not None:
             assert datas is not None, "grouping by key or attribute needs the records' data"
             for record, data in zip(records, datas, strict=True):
@@ -187,8 +191,6 @@ class Batcher:
             # Full, or the next record does not fit (bytes or a repeated id).
             if len(batch.records) >= self.max_records or start < n:
                 closed.append(self._close(""))
-        for record, rid in zip(records, rids, strict=True):
-            record.rid = rid
         return closed, refused
 
     def _ids(self, datas: list[dict[str, Any]]) -> list[Any]:

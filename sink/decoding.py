@@ -79,7 +79,8 @@ class Shaper:
         decoded and shaped (Avro, excluded attributes): use shape_many.
 
         simdjson validates a whole value, its UTF-8 included, for a third of what
-        decoding it with orjson and freeing the result costs (bench/README.md). Where
+        decoding it with orjson and freeing the result costs (bench/README.md). Each
+        record's id is set on it (SinkRecord.rid) as well as returned. Where
         it refuses a value, shape() decides and names the reason, so the verdicts are
         orjson's: simdjson refuses integers beyond 64 bits that orjson takes, and takes
         a leading byte order mark that orjson (and a JSON array of records) refuses."""
@@ -98,7 +99,8 @@ class Shaper:
             if type(doc) is not simdjson.Object or value[0] == 0xEF:  # type: ignore[index]
                 del doc  # the parser is reused: nothing may still point into it
                 try:
-                    ids.append(record_id(self.shape(record), id_field))
+                    rid = record.rid = record_id(self.shape(record), id_field)
+                    ids.append(rid)
                 except RecordError as exc:
                     rejected.append((record, exc))
                 else:
@@ -108,6 +110,7 @@ class Shaper:
             if rid is not None and type(rid) not in (str, int):
                 rid = _plain_id(rid)
             del doc
+            record.rid = rid
             passed.append(record)
             ids.append(rid)
         return passed, ids, rejected

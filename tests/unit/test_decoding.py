@@ -93,7 +93,7 @@ def test_probing_a_poll_reaches_the_verdicts_and_ids_of_decoding_it() -> None:
     passed, ids, rejected = probed
     shaped_, datas, refused = Shaper([]).shape_many(poll())
     assert [r.offset for r in passed] == [r.offset for r in shaped_]
-    assert ids == [record_id(d, "id") for d in datas]
+    assert ids == [record_id(d, "id") for d in datas] == [r.rid for r in passed]
     assert [(r.offset, e.reason) for r, e in rejected] == [(r.offset, e.reason) for r, e in refused]
     assert len(passed) == 10 and {e.reason for _, e in rejected} == {
         "invalid-json",

@@ -79,11 +79,11 @@ class Shaper:
         decoded and shaped (Avro, excluded attributes): use shape_many.
 
         simdjson validates a whole value, its UTF-8 included, for a third of what
-        decoding it with orjson and freeing the result costs (bench/README.md). Each
-        record's id is set on it (SinkRecord.rid) as well as returned. Where
-        it refuses a value, shape() decides and names the reason, so the verdicts are
+        decoding it with orjson and freeing the result costs (bench/README.md). Where it
+        refuses a value, shape() decides and names the reason, so the verdicts are
         orjson's: simdjson refuses integers beyond 64 bits that orjson takes, and takes
-        a leading byte order mark that orjson (and a JSON array of records) refuses."""
+        a leading byte order mark that orjson (and a JSON array of records) refuses.
+        Each record's id is also set on it (SinkRecord.rid)."""
         if self._decode is not None or self._top or self._nested:
             return None
         parse = self._parser.parse

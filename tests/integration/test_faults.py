@@ -266,6 +266,15 @@ def test_poison_and_rejected_records_are_dead_lettered(
         if i % 97 == 5:
             value = b'{"id": "broken'
             bad[i] = b"invalid-json"
+        elif i % 101 == 11:
+            value = value[:-1] + b',"note":"caf\xe9"}'  # Latin-1, not UTF-8
+            bad[i] = b"invalid-json"
+        elif i % 103 == 13:
+            value = b"[" + value + b"]"
+            bad[i] = b"not-an-object"
+        elif i % 107 == 17:
+            value = b"\xef\xbb\xbf" + value  # a byte order mark: not JSON
+            bad[i] = b"invalid-json"
         elif i % 89 == 7:
             rec = orjson.loads(value)
             del rec["createdAt"]  # Clari answers 400 naming this record

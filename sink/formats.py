@@ -52,6 +52,8 @@ def render_pieces(
         return [head + _xml([r.data for r in records]) + tail]
     bodies = [r.body for r in records]
     if fmt == "ndjson":
+        # One record a line: a producer's pretty-printed JSON is made compact first.
+        bodies = [orjson.dumps(orjson.loads(b)) if b"\n" in b or b"\r" in b else b for b in bodies]
         return _pieces(b"\n", bodies, head, (b"\n" if bodies else b"") + tail)
     if fmt == "clari-datasets":
         # Clari's published contract: an array of data sets naming their source entity.

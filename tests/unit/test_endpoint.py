@@ -149,6 +149,8 @@ def test_json_bodies_are_exact_for_none_one_and_many_records() -> None:
         ndjson = render("ndjson", recs(n), "crm_x")
         assert [orjson.loads(x) for x in ndjson.splitlines()] == ids
         assert ndjson.endswith(b"\n") or n == 0
+    pretty = [SinkRecord("t", 0, 0, None, None, None, 0, b'{\n  "id": "P1"\r\n}\n')]
+    assert render("ndjson", pretty, "crm_x") == b'{"id":"P1"}\n'  # one record, one line
     wrapped = render("json", recs(2), "crm_x", b"HEAD", b"TAIL")
     assert wrapped == b'HEAD[{"id":"R0"},{"id":"R1"}]TAIL'
 

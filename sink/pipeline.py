@@ -297,7 +297,7 @@ class Pipeline:
         # its id; otherwise it is decoded (and shaped, when attributes are dropped).
         probed = None
         if not self.batcher.needs_data:
-            probed = self.shaper.probe_many(consumed, self.s.clari_id_field)
+            probed = self.shaper.probe_many(consumed, self.batcher.id_field)
         if probed is not None:
             shaped, rids, rejected = probed
             closed, refused = self.batcher.add_many(shaped, None, rids)

@@ -119,14 +119,12 @@ class Batcher:
         if current is None:
             current = self._new(group)
         batch = current.batch
-        records = batch.records
-        records.append(record)
-        batch.nbytes += size
+        batch.append(record, size)
         if rid is not None:
             current.ids.add(rid)
         self.buffered_records += 1
         self.buffered_bytes += size
-        if len(records) >= self.max_records:
+        if len(batch.records) >= self.max_records:
             closed = [*closed, self._close(group)]
         return closed
 
@@ -181,9 +179,8 @@ class Batcher:
                 ids = ids[: end - start]
                 fresh = set(ids)
                 fresh.discard(None)
-            batch.records.extend(records[start:end])
             added = total[end - start] - batch.nbytes
-            batch.nbytes += added
+            batch.extend(records[start:end], added)
             opened.ids |= fresh
             self.buffered_records += end - start
             self.buffered_bytes += added
@@ -228,6 +225,7 @@ class Batcher:
             self.buffered_bytes -= batch.nbytes
             batch.records = kept
             batch.nbytes = sum(r.nbytes for r in kept)
+            batch.key_set = batch.offsets = None  # found again from what is left
             self.buffered_bytes += batch.nbytes
             opened.ids = {r.rid for r in kept if r.rid is not None}
             if not kept:

@@ -8,22 +8,32 @@ a commit never passes a record that could still be lost.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 TP = tuple[str, int]
 
+# The resolved head of a partition's list is cut off once it is this long (and at least
+# half the list), so that cutting stays rare and the list stays bounded.
+TRIM_AT = 4_096
+
 
 @dataclass
 class _Partition:
-    pending: deque[int] = field(default_factory=deque)  # tracked offsets, ascending
-    done: set[int] = field(default_factory=set)  # resolved but not yet at the head
+    # Tracked offsets, ascending; those before ``head`` are resolved. A list and an index
+    # rather than a deque: a batch's offsets usually are the next ``n`` at the head, and
+    # the index then moves past all of them at once (a deque pops them one by one).
+    pending: list[int] = field(default_factory=list)
+    head: int = 0
+    done: set[int] = field(default_factory=set)  # resolved, but behind an unresolved one
     high: int = -1  # one past the highest offset seen
     committed: int = -1  # last position handed to commit()
 
     def position(self) -> int:
-        return self.pending[0] if self.pending else self.high
+        return self.pending[self.head] if self.head < len(self.pending) else self.high
+
+    def unresolved(self) -> int:
+        return len(self.pending) - self.head - len(self.done)
 
 
 class OffsetTracker:
@@ -31,11 +41,7 @@ class OffsetTracker:
         self._parts: dict[TP, _Partition] = {}
 
     def track(self, topic: str, partition: int, offset: int) -> None:
-        part = self._parts.get((topic, partition))
-        if part is None:
-            part = self._parts[(topic, partition)] = _Partition()
-        part.pending.append(offset)
-        part.high = max(part.high, offset + 1)
+        self.track_many((topic, partition), [offset])
 
     def track_many(self, tp: TP, offsets: list[int]) -> None:
         """Track ``offsets`` (ascending) of one partition: the hot path's form of track."""
@@ -48,18 +54,29 @@ class OffsetTracker:
     def resolve(self, topic: str, partition: int, offset: int) -> None:
         self.resolve_many((topic, partition), (offset,))
 
-    def resolve_many(self, tp: TP, offsets: Iterable[int]) -> None:
+    def resolve_many(self, tp: TP, offsets: Sequence[int]) -> None:
+        """Resolve ``offsets`` (ascending, each tracked) of one partition."""
         part = self._parts.get(tp)
-        if part is None:  # revoked meanwhile: its new owner decides
+        if part is None or not offsets:  # revoked meanwhile: its new owner decides
             return
-        pending, done = part.pending, part.done
-        for offset in offsets:
-            if pending and pending[0] == offset:
-                pending.popleft()
-            else:
-                done.add(offset)
-        while pending and pending[0] in done:
-            done.discard(pending.popleft())
+        pending, head, done = part.pending, part.head, part.done
+        last = head + len(offsets) - 1
+        if last < len(pending) and pending[head] == offsets[0] and pending[last] == offsets[-1]:
+            # The next len(offsets) tracked offsets, first and last equal: the same offsets
+            # (both ascending, all tracked), as when batches finish in order.
+            head = last + 1
+            if done:
+                done.difference_update(offsets)
+        else:
+            done.update(offsets)
+        end = len(pending)
+        while head < end and pending[head] in done:
+            done.discard(pending[head])
+            head += 1
+        if head >= TRIM_AT and head * 2 >= end:
+            del pending[:head]
+            head = 0
+        part.head = head
 
     def unresolved(self, tp: TP | None = None) -> int:
         parts = (
@@ -67,7 +84,7 @@ class OffsetTracker:
             if tp is not None and tp in self._parts
             else (self._parts.values() if tp is None else [])
         )
-        return sum(len(p.pending) - len(p.done) for p in parts)
+        return sum(p.unresolved() for p in parts)
 
     def committable(self) -> dict[TP, int]:
         """Positions that moved since they were last handed out; marks them handed out."""

@@ -120,6 +120,10 @@ class Batch:
     shown_keys: list[bytes] | None = None  # the first keys, for response messages
     # Every offset this batch answers for (set at dispatch): what is resolved when it ends.
     covers: Offsets | None = None
+    # The records' offsets, kept as runs of records are added (extend): found while the
+    # records are fresh in the CPU cache, where a pass over a full batch at dispatch
+    # cost 0.2 us a record. None once records were added or removed otherwise.
+    offsets: Offsets | None = None
 
     @property
     def keys(self) -> set[bytes]:
@@ -131,6 +135,31 @@ class Batch:
             found.discard(None)
             keys = self.key_set = cast(set[bytes], found)
         return keys
+
+    def extend(self, records: list[SinkRecord], nbytes: int) -> None:
+        """Add a run of records (``nbytes`` their bodies' size), keeping the distinct keys
+        and the offsets current if the batch started empty."""
+        if not self.records:
+            self.key_set, self.offsets = set(), {}
+        self.records.extend(records)
+        self.nbytes += nbytes
+        keys, offsets = self.key_set, self.offsets
+        if keys is None or offsets is None:
+            self.key_set = self.offsets = None  # found later, from all the records
+            return
+        keys.update(map(_KEY_OF, records))
+        keys.discard(None)
+        for tp, offs in offsets_of(records).items():
+            if tp in offsets:
+                offsets[tp].extend(offs)
+            else:
+                offsets[tp] = offs
+
+    def append(self, record: SinkRecord, nbytes: int) -> None:
+        """Add one record (``nbytes`` its body's size); keys and offsets are found later."""
+        self.records.append(record)
+        self.nbytes += nbytes
+        self.key_set = self.offsets = None
 
     def first_keys(self, limit: int = KEYS_SHOWN) -> list[bytes]:
         """The first ``limit`` distinct keys in record order, found once (while the
@@ -147,7 +176,9 @@ class Batch:
 
     def covered(self) -> Offsets:
         """Every offset this batch answers for: fixed at dispatch, else its records'."""
-        return self.covers if self.covers is not None else offsets_of(self.records)
+        if self.covers is not None:
+            return self.covers
+        return self.offsets if self.offsets is not None else offsets_of(self.records)
 
     @property
     def size(self) -> int:

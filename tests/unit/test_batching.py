@@ -116,7 +116,11 @@ def test_drop_forgets_revoked_partitions_only() -> None:
 
 
 def batches_of(closed: list, b: Batcher) -> list:  # type: ignore[type-arg]
-    return [(x.id, [r.offset for r in x.records], x.nbytes) for x in [*closed, *b.flush()]]
+    """Each batch as a user sees it: id, records, size, keys and the offsets it answers for."""
+    return [
+        (x.id, [r.offset for r in x.records], x.nbytes, sorted(x.keys), x.covered())
+        for x in [*closed, *b.flush()]
+    ]
 
 
 @pytest.mark.parametrize("seed", range(30))
@@ -127,8 +131,15 @@ def test_a_whole_poll_batches_exactly_as_one_record_at_a_time(seed: int) -> None
 
     rng = random.Random(seed)
     ids: list[object] = ["A", "B", "C", 1, 2, None, None, 3.5, True, {"x": 1}, "D", "E"]
+    keys = [None, "k1", "k2", "k3", "k4"]
     records = [
-        rec(i, {"id": rng.choice(ids), "pad": "x" * rng.randint(0, 300)}) for i in range(400)
+        rec(
+            i,
+            {"id": rng.choice(ids), "pad": "x" * rng.randint(0, 300)},
+            key=rng.choice(keys),
+            partition=rng.randint(0, 2),
+        )
+        for i in range(400)
     ]
     kwargs = {"max_records": rng.randint(1, 40), "max_bytes": rng.randint(330, 3000)}
     one, many, by_id = batcher(**kwargs), batcher(**kwargs), batcher(**kwargs)

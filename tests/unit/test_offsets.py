@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import random
+
 from sink.offsets import OffsetTracker
 
 
@@ -43,3 +45,32 @@ def test_partitions_are_independent_and_forgettable() -> None:
     t.forget([("a", 0)])
     t.resolve("a", 0, 0)  # a late answer for a revoked partition changes nothing
     assert t.partitions() == [("a", 1)]
+
+
+def test_batches_resolved_in_any_order_match_a_plain_model() -> None:
+    """Whole batches finish in any order, over gaps and past the list's trimming: the
+    position is always the lowest unresolved offset (a set-based model's answer)."""
+    rng = random.Random(7)
+    for _ in range(20):
+        t = OffsetTracker()
+        offsets = sorted(rng.sample(range(30_000), 12_000))  # gaps, as in a compacted topic
+        batches: list[list[int]] = []
+        i = 0
+        while i < len(offsets):
+            n = rng.randint(1, 900)
+            batches.append(offsets[i : i + n])
+            i += n
+        for batch in batches:
+            t.track_many(("t", 0), batch)
+        unresolved = set(offsets)
+        order = list(range(len(batches)))
+        # Mostly in order, as deliveries finish, with some overtaking.
+        for a in range(len(order) - 1):
+            if rng.random() < 0.3:
+                order[a], order[a + 1] = order[a + 1], order[a]
+        for k in order:
+            t.resolve_many(("t", 0), batches[k])
+            unresolved.difference_update(batches[k])
+            expected = min(unresolved) if unresolved else offsets[-1] + 1
+            assert t.positions([("t", 0)]) == {("t", 0): expected}
+            assert t.unresolved() == len(unresolved)

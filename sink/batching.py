@@ -15,8 +15,10 @@ from itertools import accumulate, repeat
 from operator import attrgetter
 from typing import Any
 
+from confluent_kafka import Message
+
 from sink.decoding import RecordError, lookup, record_id
-from sink.records import Batch, SinkRecord
+from sink.records import Batch, SinkRecord, message_record
 
 GroupOf = Callable[[SinkRecord, dict[str, Any]], str]
 
@@ -124,7 +126,7 @@ class Batcher:
             current.ids.add(rid)
         self.buffered_records += 1
         self.buffered_bytes += size
-        if len(batch.records) >= self.max_records:
+        if batch.count >= self.max_records:
             closed = [*closed, self._close(group)]
         return closed
 
@@ -136,9 +138,7 @@ class Batcher:
     ) -> tuple[list[Batch], list[tuple[SinkRecord, RecordError]]]:
         """add() for a poll's shaped records, in order: (closed batches, records refused).
         ``datas`` are their decoded forms, needed only when ``needs_data``; ``rids`` their
-        ids when already read and set on them (Shaper.probe_many), else read here. In
-        arrival order (one group) whole runs of records are placed at once, their sizes
-        summed and ids compared in C: this runs for every record of a backfill."""
+        ids when already read and set on them, else read here."""
         closed: list[Batch] = []
         refused: list[tuple[SinkRecord, RecordError]] = []
         if rids is None:
@@ -162,12 +162,40 @@ class Batcher:
                 except RecordError as exc:
                     refused.append((record, exc))
             return closed, refused
-        start, n = 0, len(records)
+        closed = self._fill(
+            sizes, rids, lambda batch, start, end, added: batch.extend(records[start:end], added)
+        )
+        return closed, refused
+
+    def add_messages(
+        self, msgs: list[Message], rids: list[Any]
+    ) -> tuple[list[Batch], list[tuple[SinkRecord, RecordError]]]:
+        """add_many() for the hot path: consumed messages sent as their values, with their
+        ids (Shaper.probe_messages), in arrival order; no SinkRecord is made for them."""
+        assert self.group_of is None, "grouping by key or attribute needs shaped records"
+        sizes: list[int] = list(map(len, map(Message.value, msgs)))  # type: ignore[arg-type]
+        if sizes and max(sizes) > self.max_bytes:
+            return self.add_many(list(map(message_record, msgs, rids)), None, rids)
+        closed = self._fill(
+            sizes, rids, lambda batch, start, end, added: batch.add_messages(
+                msgs[start:end], rids[start:end], added
+            )
+        )  # fmt: skip
+        return closed, []
+
+    def _fill(
+        self, sizes: list[int], rids: list[Any], add: Callable[[Batch, int, int, int], None]
+    ) -> list[Batch]:
+        """Place a poll's records, in order, into the arrival-order batch: whole runs at
+        once, their sizes summed and ids compared in C (this runs for every record of a
+        backfill). ``add(batch, start, end, nbytes)`` adds records start..end."""
+        closed: list[Batch] = []
+        start, n = 0, len(sizes)
         while start < n:
             opened = self._open.get("") or self._new("")
             batch = opened.batch
             # As many as the count allows, then as many as the byte cap allows...
-            end = min(n, start + self.max_records - len(batch.records))
+            end = min(n, start + self.max_records - batch.count)
             total = list(accumulate(sizes[start:end], initial=batch.nbytes))
             end = start + bisect_right(total, self.max_bytes) - 1
             # ...then up to the first id the batch already holds.
@@ -180,15 +208,15 @@ class Batcher:
                 fresh = set(ids)
                 fresh.discard(None)
             added = total[end - start] - batch.nbytes
-            batch.extend(records[start:end], added)
+            add(batch, start, end, added)
             opened.ids |= fresh
             self.buffered_records += end - start
             self.buffered_bytes += added
             start = end
             # Full, or the next record does not fit (bytes or a repeated id).
-            if len(batch.records) >= self.max_records or start < n:
+            if batch.count >= self.max_records or start < n:
                 closed.append(self._close(""))
-        return closed, refused
+        return closed
 
     def _ids(self, datas: list[dict[str, Any]]) -> list[Any]:
         """record_id() of each, with the per-record call only where an id is unusual."""
@@ -251,9 +279,10 @@ class Batcher:
     def _close(self, group: str) -> Batch:
         opened = self._open.pop(group)
         batch = opened.batch
-        first = batch.records[0]
+        first = batch.first_record()
+        assert first is not None, "a batch is opened by its first record"
         # Named after its first record: a reader can find it in Kafka from the id alone.
-        batch.id = f"{first.topic}-{first.partition}-{first.offset}-n{len(batch.records)}"
-        self.buffered_records -= len(batch.records)
+        batch.id = f"{first.topic}-{first.partition}-{first.offset}-n{batch.count}"
+        self.buffered_records -= batch.count
         self.buffered_bytes -= batch.nbytes
         return batch

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import simdjson
+from confluent_kafka import Message
 
 from sink.records import SinkRecord
 
@@ -70,48 +71,47 @@ class Shaper:
             record.body = record.value
         return data
 
-    def probe_many(
-        self, records: list[SinkRecord], id_field: str | None
-    ) -> tuple[list[SinkRecord], list[Any], list[tuple[SinkRecord, RecordError]]] | None:
-        """For JSON values sent as they are (nothing to drop): check that each is a JSON
-        object and read its id (CLARI_ID_FIELD), without building it. Returns (records
-        that pass, their ids, rejected records with why), or None when values must be
-        decoded and shaped (Avro, excluded attributes): use shape_many.
+    def probe_messages(
+        self, msgs: list[Message], id_field: str | None
+    ) -> tuple[list[Message], list[Any], list[tuple[SinkRecord, RecordError]]] | None:
+        """For JSON values sent as they are (nothing to drop): check that each message's
+        value is a JSON object and read its id (CLARI_ID_FIELD), without building it.
+        Returns (messages that pass, their ids, rejected records with why), or None when
+        values must be decoded and shaped (Avro, excluded attributes): use shape_many.
 
         simdjson validates a whole value, its UTF-8 included, for a third of what
         decoding it with orjson and freeing the result costs (bench/README.md). Where it
         refuses a value, shape() decides and names the reason, so the verdicts are
         orjson's: simdjson refuses integers beyond 64 bits that orjson takes, and takes
-        a leading byte order mark that orjson (and a JSON array of records) refuses.
-        Each record's id is also set on it (SinkRecord.rid)."""
+        a leading byte order mark that orjson (and a JSON array of records) refuses."""
         if self._decode is not None or self._top or self._nested:
             return None
         parse = self._parser.parse
-        passed: list[SinkRecord] = []
+        passed: list[Message] = []
         ids: list[Any] = []
         rejected: list[tuple[SinkRecord, RecordError]] = []
-        for record in records:
-            value = record.value
+        for msg in msgs:
+            value = msg.value()
             try:
                 doc = parse(value)  # type: ignore[arg-type]
             except (ValueError, RuntimeError, TypeError):  # None (a tombstone) is a TypeError
                 doc = None
             if type(doc) is not simdjson.Object or value[0] == 0xEF:  # type: ignore[index]
                 del doc  # the parser is reused: nothing may still point into it
+                record = SinkRecord.from_message(msg)
                 try:
-                    rid = record.rid = record_id(self.shape(record), id_field)
-                    ids.append(rid)
+                    rid = record_id(self.shape(record), id_field)
                 except RecordError as exc:
                     rejected.append((record, exc))
                 else:
-                    passed.append(record)
+                    passed.append(msg)  # valid after all, and sent as it is
+                    ids.append(rid)
                 continue
             rid = doc.get(id_field) if id_field else None
             if rid is not None and type(rid) not in (str, int):
                 rid = _plain_id(rid)
             del doc
-            record.rid = rid
-            passed.append(record)
+            passed.append(msg)
             ids.append(rid)
         return passed, ids, rejected
 

@@ -112,7 +112,7 @@ class Delivery:
         attempt = 0  # calls that count against RETRY_MAX_ATTEMPTS
         calls = 0
         await self._unpark(batch)  # handed back parked by a rebalance
-        while batch.records:
+        while batch.count:
             calls += 1
             req = self.builder.build(batch, batch.is_last)
             res = await self.http.call(req)

@@ -10,7 +10,7 @@ from urllib.parse import quote
 from sink import __version__
 from sink.config import Settings
 from sink.decoding import lookup
-from sink.formats import CONTENT_TYPES, render_pieces
+from sink.formats import CONTENT_TYPES, ROW_FORMATS, json_pieces, render_pieces
 from sink.records import Batch
 
 SECRET_HEADERS = frozenset({"apikey", "partnerkey", "authorization", "x-api-key"})
@@ -85,7 +85,7 @@ class EndpointBuilder:
                 f"{self.base}/ingest/bulk/entity/{s.entity_path}"
                 f"?mode={quote(s.wire_mode)}&isLastBatch={last}"
             )
-        first = batch.records[0] if batch.records else None
+        first = batch.first_record()
         fixed: dict[str, str] = {
             "entity": s.entity_path,
             "mode": s.wire_mode,
@@ -122,20 +122,23 @@ class EndpointBuilder:
             **self.credential_headers(),
         }
         method = "POST" if self.template != "manual" else s.clari_method
+        head = tail = b""
         if self.template == "ingest-bulk-entities":
             boundary = f"clari-sink-{uuid.uuid4().hex}"
             head, tail = _multipart_envelope(boundary)
-            pieces = render_pieces(self.format, batch.records, s.source_entity, head, tail)
             headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
         else:
-            pieces = render_pieces(self.format, batch.records, s.source_entity)
             headers["Content-Type"] = CONTENT_TYPES[self.format]
+        if self.format in ROW_FORMATS:  # built from the decoded records
+            pieces = render_pieces(self.format, batch.records, s.source_entity, head, tail)
+        else:  # joined from the bodies, without making a record of each message
+            pieces = json_pieces(self.format, batch.bodies(), s.source_entity, head, tail)
         return PreparedRequest(
             method=method,
             url=self.url_for(batch, is_last),
             headers=headers,
             pieces=pieces,
-            records=len(batch.records),
+            records=batch.count,
         )
 
     def job_request(self, job_id: str) -> PreparedRequest:

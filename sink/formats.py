@@ -26,6 +26,7 @@ CONTENT_TYPES = {
 }
 
 
+ROW_FORMATS = frozenset({"csv", "xml"})  # rendered from decoded records, not their bodies
 PIECE_BYTES = 64 * 1024  # the size of the buffers a large body is built and sent in
 
 
@@ -50,7 +51,13 @@ def render_pieces(
         return [head + _csv([r.data for r in records]) + tail]
     if fmt == "xml":
         return [head + _xml([r.data for r in records]) + tail]
-    bodies = [r.body for r in records]
+    return json_pieces(fmt, [r.body for r in records], source_entity, head, tail)
+
+
+def json_pieces(
+    fmt: str, bodies: list[bytes], source_entity: str, head: bytes = b"", tail: bytes = b""
+) -> list[bytes]:
+    """render_pieces() for the JSON-based formats, from the records' encoded bodies."""
     if fmt == "ndjson":
         # One record a line: a producer's pretty-printed JSON is made compact first.
         bodies = [orjson.dumps(orjson.loads(b)) if b"\n" in b or b"\r" in b else b for b in bodies]

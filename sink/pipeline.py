@@ -29,7 +29,7 @@ from sink.http_client import HttpClient
 from sink.metrics import Metrics
 from sink.offsets import OffsetTracker
 from sink.producer import AsyncProducer
-from sink.records import Batch, Offsets, SinkRecord, offsets_of
+from sink.records import Batch, Offsets, SinkRecord, message_offsets
 from sink.replay import Replayer, ReplayError
 from sink.reporting import Reporter
 
@@ -292,23 +292,24 @@ class Pipeline:
                 if msg.error() is not None:
                     self._consumer_error(msg)
             msgs = [m for m in msgs if m.error() is None]
-        consumed = list(map(SinkRecord.from_message, msgs))
         # Batched in arrival order, a JSON record sent as it is needs only checking and
-        # its id; otherwise it is decoded (and shaped, when attributes are dropped).
+        # its id, and travels as the consumed message itself; otherwise it is decoded
+        # (and shaped, when attributes are dropped) into a SinkRecord.
         probed = None
         if not self.batcher.needs_data:
-            probed = self.shaper.probe_many(consumed, self.batcher.id_field)
+            probed = self.shaper.probe_messages(msgs, self.batcher.id_field)
         if probed is not None:
-            shaped, rids, rejected = probed
-            closed, refused = self.batcher.add_many(shaped, None, rids)
+            passed, rids, rejected = probed
+            closed, refused = self.batcher.add_messages(passed, rids)
         else:
+            consumed = list(map(SinkRecord.from_message, msgs))
             shaped, datas, rejected = self.shaper.shape_many(consumed)
             closed, refused = self.batcher.add_many(shaped, datas)
         self.waiting.extend(closed)
         # Tracked per partition once per poll; nothing resolves before this (deliveries
         # start later, and rejections are handled below).
         per_topic: Counter[str] = Counter()
-        for tp, offsets in offsets_of(consumed).items():
+        for tp, offsets in message_offsets(msgs).items():
             self.tracker.track_many(tp, offsets)
             per_topic[tp[0]] += len(offsets)
         for record, error in rejected + refused:
@@ -372,7 +373,7 @@ class Pipeline:
 
     def _start(self, batch: Batch, keys: set[bytes], more_waiting: bool) -> None:
         assert self.delivery is not None
-        self.metrics.batch_records.observe(len(batch.records))
+        self.metrics.batch_records.observe(batch.count)
         batch.is_last = self._is_last_batch(more_waiting)
         batch.covers = batch.covered()
         flight = _InFlight(batch, keys)

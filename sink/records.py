@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from itertools import groupby
 from operator import attrgetter
 from typing import Any, cast
@@ -86,6 +87,7 @@ Offsets = dict[tuple[str, int], list[int]]  # (topic, partition) → offsets, as
 _TP_OF = attrgetter("topic", "partition")
 _OFFSET_OF = attrgetter("offset")
 _KEY_OF = attrgetter("key")
+_BODY_OF = attrgetter("body")
 
 
 def offsets_of(records: list[SinkRecord]) -> Offsets:
@@ -101,59 +103,170 @@ def offsets_of(records: list[SinkRecord]) -> Offsets:
     return out
 
 
-@dataclass(slots=True)
-class Batch:
-    """Records that travel in one API call."""
+_MSG_TOPIC, _MSG_PARTITION = Message.topic, Message.partition
+_MSG_OFFSET, _MSG_KEY, _MSG_VALUE = Message.offset, Message.key, Message.value
 
-    id: str
-    group: str
-    records: list[SinkRecord] = field(default_factory=list)
-    nbytes: int = 0
-    opened_at: float = field(default_factory=time.monotonic)
-    is_last: bool = True  # isLastBatch, fixed when the batch is dispatched
-    # Set while the records are dropped from memory (a bulk job runs with Clari holding
-    # the file): where to read them again from Kafka.
-    parked: Offsets | None = None
-    # The distinct message keys, computed once: a bulk batch holds 20,000 of them, and
-    # dispatch, parking and every response message need them.
-    key_set: set[bytes] | None = None
-    shown_keys: list[bytes] | None = None  # the first keys, for response messages
-    # Every offset this batch answers for (set at dispatch): what is resolved when it ends.
-    covers: Offsets | None = None
-    # The records' offsets, kept as runs of records are added (extend): found while the
-    # records are fresh in the CPU cache, where a pass over a full batch at dispatch
-    # cost 0.2 us a record. None once records were added or removed otherwise.
-    offsets: Offsets | None = None
+
+def message_offsets(msgs: list[Message]) -> Offsets:
+    """offsets_of() for consumed messages, read through their C methods."""
+    out: Offsets = {}
+    offsets: list[int] = list(map(_MSG_OFFSET, msgs))  # type: ignore[arg-type]
+    start = 0
+    for tp, run in groupby(zip(map(_MSG_TOPIC, msgs), map(_MSG_PARTITION, msgs), strict=True)):
+        end = start + len(list(run))
+        offs = out.get(tp)  # type: ignore[arg-type]
+        if offs is None:
+            out[tp] = offsets[start:end]  # type: ignore[index]
+        else:
+            offs.extend(offsets[start:end])
+        start = end
+    return out
+
+
+def message_record(msg: Message, rid: Any) -> SinkRecord:
+    record = SinkRecord.from_message(msg)
+    record.rid = rid
+    return record
+
+
+class Batch:
+    """Records that travel in one API call.
+
+    The hot path (JSON values sent as they are, batched in arrival order) fills a batch
+    with the consumed messages themselves and their ids (``add_messages``): creating a
+    SinkRecord for each and freeing it later was a tenth of the event loop's work in a
+    bulk backfill. ``records`` makes the SinkRecords on first use, for what needs them
+    (dead letters, records the API rejects, revocations); the per-batch steps of the hot
+    path (keys, offsets, body, parking) read the messages.
+    """
+
+    __slots__ = (
+        "_messages",
+        "_records",
+        "_rids",
+        "covers",
+        "group",
+        "id",
+        "is_last",
+        "key_set",
+        "nbytes",
+        "offsets",
+        "opened_at",
+        "parked",
+        "shown_keys",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        group: str,
+        records: list[SinkRecord] | None = None,
+        nbytes: int = 0,
+        opened_at: float | None = None,
+        covers: Offsets | None = None,
+    ) -> None:
+        self.id = id
+        self.group = group
+        self.nbytes = nbytes
+        self.opened_at = time.monotonic() if opened_at is None else opened_at
+        self.is_last = True  # isLastBatch, fixed when the batch is dispatched
+        # Set while the records are dropped from memory (a bulk job runs with Clari
+        # holding the file): where to read them again from Kafka.
+        self.parked: Offsets | None = None
+        # The distinct message keys, computed once: a bulk batch holds 20,000 of them,
+        # and dispatch, parking and every response message need them.
+        self.key_set: set[bytes] | None = None
+        self.shown_keys: list[bytes] | None = None  # the first keys, for response messages
+        # Every offset this batch answers for (set at dispatch): what is resolved when
+        # it ends.
+        self.covers = covers
+        # The offsets of the records held now, kept as runs are added; None when they
+        # are to be found from the records.
+        self.offsets: Offsets | None = None
+        self._records: list[SinkRecord] = [] if records is None else records
+        # The hot path's form of the records: messages and their ids (never both forms).
+        self._messages: list[Message] | None = None
+        self._rids: list[Any] | None = None
+
+    # -- the records ----------------------------------------------------------------
+    @property
+    def records(self) -> list[SinkRecord]:
+        """The records held now (none while parked), made from the messages on first use."""
+        msgs, rids = self._messages, self._rids
+        if msgs is not None and rids is not None:
+            self._records = list(map(message_record, msgs, rids))
+            self._messages = self._rids = None
+        return self._records
+
+    @records.setter
+    def records(self, records: list[SinkRecord]) -> None:
+        self._records = records
+        self._messages = self._rids = None
+        self.offsets = None  # found again from these records when asked for
 
     @property
-    def keys(self) -> set[bytes]:
-        """The records' keys as first asked for: records dropped later (dead-lettered,
-        revoked) leave a superset, which only ever holds a batch back, never lets one by."""
-        keys = self.key_set
-        if keys is None:
-            found: set[bytes | None] = set(map(_KEY_OF, self.records))
-            found.discard(None)
-            keys = self.key_set = cast(set[bytes], found)
-        return keys
+    def count(self) -> int:
+        """Records held now (none while parked)."""
+        msgs = self._messages
+        return len(msgs) if msgs is not None else len(self._records)
+
+    @property
+    def size(self) -> int:
+        """Records in the batch, counted even while they are parked."""
+        if self.parked is not None:
+            return sum(len(o) for o in self.parked.values())
+        return self.count
+
+    def bodies(self) -> list[bytes]:
+        """Each record's body, in order: what the request sends."""
+        msgs = self._messages
+        if msgs is not None:
+            return list(map(_MSG_VALUE, msgs))  # type: ignore[arg-type]
+        return list(map(_BODY_OF, self._records))
+
+    def first_record(self) -> SinkRecord | None:
+        """The first record, without making the others."""
+        msgs, rids = self._messages, self._rids
+        if msgs and rids:
+            return message_record(msgs[0], rids[0])
+        return self._records[0] if self._records else None
+
+    def add_messages(self, msgs: list[Message], rids: list[Any], nbytes: int) -> None:
+        """Add a run of consumed messages, each sent as its value, with their ids
+        (``nbytes`` the values' size), keeping the keys and offsets current."""
+        if self._records:  # already holds SinkRecords: add these as records too
+            self.extend(list(map(message_record, msgs, rids)), nbytes)
+            return
+        if self._messages is None or self._rids is None:
+            self._messages, self._rids = [], []
+            self.key_set, self.offsets = set(), {}
+        self._messages.extend(msgs)
+        self._rids.extend(rids)
+        self.nbytes += nbytes
+        self._track(map(_MSG_KEY, msgs), message_offsets(msgs))
 
     def extend(self, records: list[SinkRecord], nbytes: int) -> None:
         """Add a run of records (``nbytes`` their bodies' size), keeping the distinct keys
         and the offsets current if the batch started empty."""
-        if not self.records:
+        current = self.records
+        if not current:
             self.key_set, self.offsets = set(), {}
-        self.records.extend(records)
+        current.extend(records)
         self.nbytes += nbytes
-        keys, offsets = self.key_set, self.offsets
-        if keys is None or offsets is None:
+        self._track(map(_KEY_OF, records), offsets_of(records))
+
+    def _track(self, keys: Iterable[bytes | None], offsets: Offsets) -> None:
+        known, held = self.key_set, self.offsets
+        if known is None or held is None:
             self.key_set = self.offsets = None  # found later, from all the records
             return
-        keys.update(map(_KEY_OF, records))
-        keys.discard(None)
-        for tp, offs in offsets_of(records).items():
-            if tp in offsets:
-                offsets[tp].extend(offs)
+        known.update(keys)  # type: ignore[arg-type]
+        known.discard(None)
+        for tp, offs in offsets.items():
+            if tp in held:
+                held[tp].extend(offs)
             else:
-                offsets[tp] = offs
+                held[tp] = offs
 
     def append(self, record: SinkRecord, nbytes: int) -> None:
         """Add one record (``nbytes`` its body's size); keys and offsets are found later."""
@@ -161,41 +274,57 @@ class Batch:
         self.nbytes += nbytes
         self.key_set = self.offsets = None
 
+    # -- what is known of them ----------------------------------------------------------
+    @property
+    def keys(self) -> set[bytes]:
+        """The records' keys as first asked for: records dropped later (dead-lettered,
+        revoked) leave a superset, which only ever holds a batch back, never lets one by."""
+        keys = self.key_set
+        if keys is None:
+            found: set[bytes | None] = set(self._keys_in_order())
+            found.discard(None)
+            keys = self.key_set = cast(set[bytes], found)
+        return keys
+
+    def _keys_in_order(self) -> Iterator[bytes | None]:
+        msgs = self._messages
+        if msgs is not None:
+            return map(_MSG_KEY, msgs)
+        return map(_KEY_OF, self._records)
+
     def first_keys(self, limit: int = KEYS_SHOWN) -> list[bytes]:
         """The first ``limit`` distinct keys in record order, found once (while the
         records are here): every response message of the batch names them."""
         if self.shown_keys is None:
             shown: dict[bytes, None] = {}
-            for record in self.records:  # a bulk batch stops after some 100 of 20,000
-                if record.key is not None:
-                    shown[record.key] = None
+            for key in self._keys_in_order():  # a bulk batch stops after some 100 of 20,000
+                if key is not None:
+                    shown[key] = None
                     if len(shown) == limit:
                         break
             self.shown_keys = list(shown)
         return self.shown_keys[:limit]
 
+    def held_offsets(self) -> Offsets:
+        """The offsets of the records held now."""
+        if self.offsets is None:
+            msgs = self._messages
+            self.offsets = message_offsets(msgs) if msgs is not None else offsets_of(self._records)
+        return self.offsets
+
     def covered(self) -> Offsets:
         """Every offset this batch answers for: fixed at dispatch, else its records'."""
-        if self.covers is not None:
-            return self.covers
-        return self.offsets if self.offsets is not None else offsets_of(self.records)
-
-    @property
-    def size(self) -> int:
-        """Records in the batch, counted even while they are parked."""
-        if self.parked is not None:
-            return sum(len(o) for o in self.parked.values())
-        return len(self.records)
+        return self.covers if self.covers is not None else self.held_offsets()
 
     def park(self) -> None:
         """Drop the records, keeping their offsets (and keys) to read them back if they
         are needed."""
         _ = self.keys, self.first_keys()  # found now, while the records are here
         covers = self.covers
-        if covers is not None and sum(map(len, covers.values())) == len(self.records):
+        if covers is not None and sum(map(len, covers.values())) == self.count:
             self.parked = covers  # none was dead-lettered on the way: the same offsets
         else:
-            self.parked = offsets_of(self.records)
+            self.parked = self.held_offsets()
         self.records = []
         self.nbytes = 0
 
@@ -206,7 +335,7 @@ class Batch:
 
     def ranges(self) -> list[OffsetRange]:
         """The offsets this batch covers, one range per source partition."""
-        offsets = self.parked if self.parked is not None else offsets_of(self.records)
+        offsets = self.parked if self.parked is not None else self.held_offsets()
         # Each partition's offsets are in consumption order, ascending.
         return [
             OffsetRange(topic, partition, offs[0], offs[-1], len(offs))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from confluent_kafka import Message
 
 from sink.batching import Batcher, grouping_function
 from sink.decoding import RecordError, Shaper, record_id
@@ -22,6 +23,11 @@ def rec(offset: int, data: dict, key: str | None = None, partition: int = 0) -> 
     )
     Shaper([]).shape(r)
     return r
+
+
+def message_of(r: SinkRecord) -> Message:
+    """The consumed message ``r`` came from."""
+    return Message(topic=r.topic, partition=r.partition, offset=r.offset, key=r.key, value=r.value)
 
 
 def add(b: Batcher, r: SinkRecord) -> list:  # type: ignore[type-arg]
@@ -118,7 +124,13 @@ def test_drop_forgets_revoked_partitions_only() -> None:
 def batches_of(closed: list, b: Batcher) -> list:  # type: ignore[type-arg]
     """Each batch as a user sees it: id, records, size, keys and the offsets it answers for."""
     return [
-        (x.id, [r.offset for r in x.records], x.nbytes, sorted(x.keys), x.covered())
+        (
+            x.id,
+            [(r.offset, r.rid, r.body) for r in x.records],
+            x.nbytes,
+            sorted(x.keys),
+            x.covered(),
+        )
         for x in [*closed, *b.flush()]
     ]
 
@@ -143,23 +155,30 @@ def test_a_whole_poll_batches_exactly_as_one_record_at_a_time(seed: int) -> None
     ]
     kwargs = {"max_records": rng.randint(1, 40), "max_bytes": rng.randint(330, 3000)}
     one, many, by_id = batcher(**kwargs), batcher(**kwargs), batcher(**kwargs)
+    by_msg = batcher(**kwargs)
     expected = [x for r in records for x in add(one, r)]
     got: list = []  # type: ignore[type-arg]
     got_by_id: list = []  # type: ignore[type-arg]
+    got_by_msg: list = []  # type: ignore[type-arg]
     start = 0
     while start < len(records):
         poll = records[start : start + rng.randint(1, 60)]
         closed, refused = many.add_many(poll, [r.data for r in poll])
         assert refused == []
         got += closed
-        # As the probe path calls it: the ids only, no decoded records.
-        closed, refused = by_id.add_many(poll, None, [record_id(r.data, "id") for r in poll])
+        rids = [record_id(r.data, "id") for r in poll]
+        closed, refused = by_id.add_many(poll, None, rids)
         assert refused == []
         got_by_id += closed
+        # As the hot path calls it: the consumed messages and their ids, no records.
+        closed, refused = by_msg.add_messages(list(map(message_of, poll)), rids)
+        assert refused == []
+        got_by_msg += closed
         start += len(poll)
     want = batches_of(expected, one)
     assert batches_of(got, many) == want
     assert batches_of(got_by_id, by_id) == want
+    assert batches_of(got_by_msg, by_msg) == want
     assert many.buffered_records == 0 and many.buffered_bytes == 0
 
 
@@ -190,3 +209,34 @@ def test_shaping_a_poll_names_each_bad_record_and_keeps_the_rest() -> None:
     ]
     good = poll[:1] + poll[4:]
     assert Shaper([]).shape_many(good) == (good, [{"id": 1}, {"id": 4}], [])
+
+
+def test_a_batch_of_messages_makes_records_only_when_asked() -> None:
+    """The hot path's batch holds the consumed messages: its body, keys, offsets and
+    parking read them; records appear, with their ids, only when something needs them."""
+    b = batcher(max_records=10)
+    msgs = [
+        Message(topic="t", partition=i % 2, offset=10 + i, key=f"k{i % 3}".encode(), value=v)
+        for i, v in enumerate([b'{"id":"a"}', b'{"id":"b"}', b'{"id":"c"}', b'{"id":"d"}'])
+    ]
+    closed, refused = b.add_messages(msgs, ["a", "b", "c", "d"])
+    assert closed == [] and refused == []
+    (batch,) = b.flush()
+    assert batch.id == "t-0-10-n4" and batch.count == batch.size == 4
+    assert batch.bodies() == [m.value() for m in msgs] and batch.nbytes == 40
+    assert batch.keys == {b"k0", b"k1", b"k2"} and batch.first_keys() == [b"k0", b"k1", b"k2"]
+    assert batch.covered() == {("t", 0): [10, 12], ("t", 1): [11, 13]}
+    batch.covers = batch.covered()
+    batch.park()
+    assert batch.count == 0 and batch.size == 4 and batch.parked == batch.covers
+    assert [(r.partition, r.first, r.last) for r in batch.ranges()] == [(0, 10, 12), (1, 11, 13)]
+    fresh = batcher(max_records=10)
+    fresh.add_messages(msgs, ["a", "b", "c", "d"])
+    (other,) = fresh.flush()
+    assert [(r.offset, r.rid, r.body, r.key) for r in other.records] == [
+        (10, "a", b'{"id":"a"}', b"k0"),
+        (11, "b", b'{"id":"b"}', b"k1"),
+        (12, "c", b'{"id":"c"}', b"k2"),
+        (13, "d", b'{"id":"d"}', b"k0"),
+    ]
+    assert other.count == 4 and other.bodies() == [m.value() for m in msgs]

@@ -79,21 +79,21 @@ PROBE_VALUES: list[bytes | None] = [
 
 
 def test_probing_a_poll_reaches_the_verdicts_and_ids_of_decoding_it() -> None:
-    """probe_many (simdjson, nothing built) against shape_many (orjson): the same records
-    pass, with the same ids (record_id), and the rest are refused for the same reasons."""
+    """probe_messages (simdjson, nothing built) against shape_many (orjson): the same
+    records pass, with the same ids (record_id), and the rest are refused for the same
+    reasons."""
+    from confluent_kafka import Message
+
     from sink.decoding import record_id
 
-    def poll() -> list[SinkRecord]:
-        return [
-            SinkRecord("t", 0, i, None, v, None, 0, v or b"") for i, v in enumerate(PROBE_VALUES)
-        ]
-
-    probed = Shaper([]).probe_many(poll(), "id")
+    msgs = [Message(topic="t", partition=0, offset=i, value=v) for i, v in enumerate(PROBE_VALUES)]
+    probed = Shaper([]).probe_messages(msgs, "id")
     assert probed is not None
     passed, ids, rejected = probed
-    shaped_, datas, refused = Shaper([]).shape_many(poll())
-    assert [r.offset for r in passed] == [r.offset for r in shaped_]
-    assert ids == [record_id(d, "id") for d in datas] == [r.rid for r in passed]
+    shaped_, datas, refused = Shaper([]).shape_many(list(map(SinkRecord.from_message, msgs)))
+    assert [m.offset() for m in passed] == [r.offset for r in shaped_]
+    assert [m.value() for m in passed] == [r.body for r in shaped_]  # sent as they are
+    assert ids == [record_id(d, "id") for d in datas]
     assert [(r.offset, e.reason) for r, e in rejected] == [(r.offset, e.reason) for r, e in refused]
     assert len(passed) == 10 and {e.reason for _, e in rejected} == {
         "invalid-json",
@@ -103,5 +103,5 @@ def test_probing_a_poll_reaches_the_verdicts_and_ids_of_decoding_it() -> None:
 
 
 def test_values_to_reshape_are_not_probed() -> None:
-    assert Shaper(["secret"]).probe_many([], "id") is None
-    assert Shaper([], decode=lambda raw: {}).probe_many([], "id") is None
+    assert Shaper(["secret"]).probe_messages([], "id") is None
+    assert Shaper([], decode=lambda raw: {}).probe_messages([], "id") is None

@@ -18,7 +18,7 @@ from typing import Any
 from confluent_kafka import Message
 
 from sink.decoding import RecordError, lookup, record_id
-from sink.records import Batch, SinkRecord, message_record
+from sink.records import Batch, Offsets, SinkRecord, message_record
 
 GroupOf = Callable[[SinkRecord, dict[str, Any]], str]
 
@@ -168,20 +168,28 @@ class Batcher:
         return closed, refused
 
     def add_messages(
-        self, msgs: list[Message], rids: list[Any]
+        self, msgs: list[Message], rids: list[Any], offsets: Offsets | None = None
     ) -> tuple[list[Batch], list[tuple[SinkRecord, RecordError]]]:
         """add_many() for the hot path: consumed messages sent as their values, with their
-        ids (Shaper.probe_messages), in arrival order; no SinkRecord is made for them."""
+        ids (Shaper.probe_messages), in arrival order; no SinkRecord is made for them.
+        ``offsets``, if given, are the messages' offsets (message_offsets), handed over:
+        used as they are when all the messages go to one batch."""
         assert self.group_of is None, "grouping by key or attribute needs shaped records"
         sizes: list[int] = list(map(len, map(Message.value, msgs)))  # type: ignore[arg-type]
         if sizes and max(sizes) > self.max_bytes:
             return self.add_many(list(map(message_record, msgs, rids)), None, rids)
-        closed = self._fill(
-            sizes, rids, lambda batch, start, end, added: batch.add_messages(
-                msgs[start:end], rids[start:end], added
+        n = len(msgs)
+
+        def add(batch: Batch, start: int, end: int, added: int) -> None:
+            whole = start == 0 and end == n
+            batch.add_messages(
+                msgs if whole else msgs[start:end],
+                rids if whole else rids[start:end],
+                added,
+                offsets if whole else None,
             )
-        )  # fmt: skip
-        return closed, []
+
+        return self._fill(sizes, rids, add), []
 
     def _fill(
         self, sizes: list[int], rids: list[Any], add: Callable[[Batch, int, int, int], None]

@@ -292,6 +292,13 @@ class Pipeline:
                 if msg.error() is not None:
                     self._consumer_error(msg)
             msgs = [m for m in msgs if m.error() is None]
+        # Tracked per partition once per poll; nothing resolves before this (deliveries
+        # start later, and rejections are handled below).
+        offsets = message_offsets(msgs)
+        per_topic: Counter[str] = Counter()
+        for tp, offs in offsets.items():
+            self.tracker.track_many(tp, offs)
+            per_topic[tp[0]] += len(offs)
         # Batched in arrival order, a JSON record sent as it is needs only checking and
         # its id, and travels as the consumed message itself; otherwise it is decoded
         # (and shaped, when attributes are dropped) into a SinkRecord.
@@ -300,18 +307,14 @@ class Pipeline:
             probed = self.shaper.probe_messages(msgs, self.batcher.id_field)
         if probed is not None:
             passed, rids, rejected = probed
-            closed, refused = self.batcher.add_messages(passed, rids)
+            # The poll's offsets are those of the messages that passed if none was refused.
+            known = offsets if len(passed) == len(msgs) else None
+            closed, refused = self.batcher.add_messages(passed, rids, known)
         else:
             consumed = list(map(SinkRecord.from_message, msgs))
             shaped, datas, rejected = self.shaper.shape_many(consumed)
             closed, refused = self.batcher.add_many(shaped, datas)
         self.waiting.extend(closed)
-        # Tracked per partition once per poll; nothing resolves before this (deliveries
-        # start later, and rejections are handled below).
-        per_topic: Counter[str] = Counter()
-        for tp, offsets in message_offsets(msgs).items():
-            self.tracker.track_many(tp, offsets)
-            per_topic[tp[0]] += len(offsets)
         for record, error in rejected + refused:
             self._reject(record, error)
         for topic, count in per_topic.items():

@@ -124,6 +124,7 @@ def message_offsets(msgs: list[Message]) -> Offsets:
 
 
 def message_record(msg: Message, rid: Any) -> SinkRecord:
+    """The record of a message the hot path carried, sent as its value, with its id."""
     record = SinkRecord.from_message(msg)
     record.rid = rid
     return record
@@ -231,9 +232,12 @@ class Batch:
             return message_record(msgs[0], rids[0])
         return self._records[0] if self._records else None
 
-    def add_messages(self, msgs: list[Message], rids: list[Any], nbytes: int) -> None:
+    def add_messages(
+        self, msgs: list[Message], rids: list[Any], nbytes: int, offsets: Offsets | None = None
+    ) -> None:
         """Add a run of consumed messages, each sent as its value, with their ids
-        (``nbytes`` the values' size), keeping the keys and offsets current."""
+        (``nbytes`` the values' size, ``offsets`` their offsets if known, handed over),
+        keeping the keys and offsets current."""
         if self._records:  # already holds SinkRecords: add these as records too
             self.extend(list(map(message_record, msgs, rids)), nbytes)
             return
@@ -243,7 +247,7 @@ class Batch:
         self._messages.extend(msgs)
         self._rids.extend(rids)
         self.nbytes += nbytes
-        self._track(map(_MSG_KEY, msgs), message_offsets(msgs))
+        self._track(map(_MSG_KEY, msgs), message_offsets(msgs) if offsets is None else offsets)
 
     def extend(self, records: list[SinkRecord], nbytes: int) -> None:
         """Add a run of records (``nbytes`` their bodies' size), keeping the distinct keys

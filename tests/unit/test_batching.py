@@ -6,7 +6,7 @@ from confluent_kafka import Message
 
 from sink.batching import Batcher, grouping_function
 from sink.decoding import RecordError, Shaper, record_id
-from sink.records import SinkRecord
+from sink.records import SinkRecord, message_offsets
 
 
 class Clock:
@@ -171,7 +171,8 @@ def test_a_whole_poll_batches_exactly_as_one_record_at_a_time(seed: int) -> None
         assert refused == []
         got_by_id += closed
         # As the hot path calls it: the consumed messages and their ids, no records.
-        closed, refused = by_msg.add_messages(list(map(message_of, poll)), rids)
+        msgs = list(map(message_of, poll))
+        closed, refused = by_msg.add_messages(msgs, rids, message_offsets(msgs))
         assert refused == []
         got_by_msg += closed
         start += len(poll)

@@ -189,6 +189,13 @@ class Batch:
         self._messages: list[Message] | None = None
         self._rids: list[Any] | None = None
 
+    def __repr__(self) -> str:
+        held = "parked" if self.parked is not None else "held"
+        return (
+            f"Batch(id={self.id!r}, group={self.group!r}, records={self.size} {held}, "
+            f"nbytes={self.nbytes})"
+        )
+
     # -- the records ----------------------------------------------------------------
     @property
     def records(self) -> list[SinkRecord]:

@@ -230,6 +230,7 @@ def test_a_batch_of_messages_makes_records_only_when_asked() -> None:
     batch.covers = batch.covered()
     batch.park()
     assert batch.count == 0 and batch.size == 4 and batch.parked == batch.covers
+    assert repr(batch) == "Batch(id='t-0-10-n4', group='', records=4 parked, nbytes=0)"
     assert [(r.partition, r.first, r.last) for r in batch.ranges()] == [(0, 10, 12), (1, 11, 13)]
     fresh = batcher(max_records=10)
     fresh.add_messages(msgs, ["a", "b", "c", "d"])

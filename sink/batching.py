@@ -121,7 +121,7 @@ class Batcher:
         if current is None:
             current = self._new(group)
         batch = current.batch
-        batch.append(record, size)
+        batch.extend([record], size)
         if rid is not None:
             current.ids.add(rid)
         self.buffered_records += 1
@@ -261,7 +261,7 @@ class Batcher:
             self.buffered_bytes -= batch.nbytes
             batch.records = kept
             batch.nbytes = sum(r.nbytes for r in kept)
-            batch.key_set = batch.offsets = None  # found again from what is left
+            batch.key_set = None  # found again from what is left (as the offsets are)
             self.buffered_bytes += batch.nbytes
             opened.ids = {r.rid for r in kept if r.rid is not None}
             if not kept:

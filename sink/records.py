@@ -90,33 +90,31 @@ _KEY_OF = attrgetter("key")
 _BODY_OF = attrgetter("body")
 
 
-def offsets_of(records: list[SinkRecord]) -> Offsets:
-    """The records' offsets per source partition, in consumption order. Kafka hands out
-    records in runs of one partition: the work is per run, in C, not per record."""
-    out: Offsets = {}
-    for tp, run in groupby(records, _TP_OF):
-        offs = out.get(tp)
-        if offs is None:
-            out[tp] = list(map(_OFFSET_OF, run))
-        else:
-            offs.extend(map(_OFFSET_OF, run))
-    return out
-
-
 _MSG_TOPIC, _MSG_PARTITION = Message.topic, Message.partition
 _MSG_OFFSET, _MSG_KEY, _MSG_VALUE = Message.offset, Message.key, Message.value
 
 
+def offsets_of(records: list[SinkRecord]) -> Offsets:
+    """The records' offsets per source partition, in consumption order."""
+    return _by_partition(map(_TP_OF, records), list(map(_OFFSET_OF, records)))
+
+
 def message_offsets(msgs: list[Message]) -> Offsets:
     """offsets_of() for consumed messages, read through their C methods."""
+    tps = zip(map(_MSG_TOPIC, msgs), map(_MSG_PARTITION, msgs), strict=True)
+    return _by_partition(tps, list(map(_MSG_OFFSET, msgs)))  # type: ignore[arg-type]
+
+
+def _by_partition(tps: Iterable[tuple[str, int]], offsets: list[int]) -> Offsets:
+    """``offsets`` grouped by their partitions ``tps``. Kafka hands out records in runs of
+    one partition: the work is per run, in C, not per record."""
     out: Offsets = {}
-    offsets: list[int] = list(map(_MSG_OFFSET, msgs))  # type: ignore[arg-type]
     start = 0
-    for tp, run in groupby(zip(map(_MSG_TOPIC, msgs), map(_MSG_PARTITION, msgs), strict=True)):
+    for tp, run in groupby(tps):
         end = start + len(list(run))
-        offs = out.get(tp)  # type: ignore[arg-type]
+        offs = out.get(tp)
         if offs is None:
-            out[tp] = offsets[start:end]  # type: ignore[index]
+            out[tp] = offsets[start:end]
         else:
             offs.extend(offsets[start:end])
         start = end
@@ -254,34 +252,20 @@ class Batch:
         self._messages.extend(msgs)
         self._rids.extend(rids)
         self.nbytes += nbytes
-        self._track(map(_MSG_KEY, msgs), message_offsets(msgs) if offsets is None else offsets)
-
-    def extend(self, records: list[SinkRecord], nbytes: int) -> None:
-        """Add a run of records (``nbytes`` their bodies' size), keeping the distinct keys
-        and the offsets current if the batch started empty."""
-        current = self.records
-        if not current:
-            self.key_set, self.offsets = set(), {}
-        current.extend(records)
-        self.nbytes += nbytes
-        self._track(map(_KEY_OF, records), offsets_of(records))
-
-    def _track(self, keys: Iterable[bytes | None], offsets: Offsets) -> None:
         known, held = self.key_set, self.offsets
-        if known is None or held is None:
-            self.key_set = self.offsets = None  # found later, from all the records
-            return
-        known.update(keys)  # type: ignore[arg-type]
+        assert known is not None and held is not None  # kept while it holds messages
+        known.update(map(_MSG_KEY, msgs))  # type: ignore[arg-type]
         known.discard(None)
-        for tp, offs in offsets.items():
+        for tp, offs in (message_offsets(msgs) if offsets is None else offsets).items():
             if tp in held:
                 held[tp].extend(offs)
             else:
                 held[tp] = offs
 
-    def append(self, record: SinkRecord, nbytes: int) -> None:
-        """Add one record (``nbytes`` its body's size); keys and offsets are found later."""
-        self.records.append(record)
+    def extend(self, records: list[SinkRecord], nbytes: int) -> None:
+        """Add records (``nbytes`` their bodies' size); their keys and offsets are found
+        when asked for, from all the records."""
+        self.records.extend(records)
         self.nbytes += nbytes
         self.key_set = self.offsets = None
 

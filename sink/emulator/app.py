@@ -190,6 +190,7 @@ async def upload(request: web.Request) -> web.Response:
         state.count("rejected_requests")
         return _json(errors, 400)
     meta = _meta(request, "v2-upload", entity)
+    state.receive(received.count)
     state.accept(received, meta)
     _after_accept(state, entity, mode, meta["isLastBatch"])
     return web.Response(status=200)
@@ -386,6 +387,9 @@ async def get_stats(request: web.Request) -> web.Response:
             "firstRequestAt": state.first_request or None,
             "firstAcceptAt": state.first_accept or None,
             "lastAcceptAt": state.last_accept or None,
+            "firstReceiptAt": state.first_receipt or None,
+            "firstReceiptRecords": state.first_receipt_records,
+            "lastReceiptAt": state.last_receipt or None,
             "latencyMs": {
                 "count": len(lat),
                 "p50": pct(50),

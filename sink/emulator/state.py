@@ -106,6 +106,11 @@ class EmulatorState:
     first_request: float = 0.0  # when the first API call began to arrive
     first_accept: float = 0.0
     last_accept: float = 0.0
+    # The first and last calls that handed records over (an upload, or a file whose job
+    # was made): the rate the API received records at, its job turnaround aside.
+    first_receipt: float = 0.0
+    first_receipt_records: int = 0
+    last_receipt: float = 0.0
 
     def reset(self) -> None:
         self.records.clear()
@@ -117,6 +122,8 @@ class EmulatorState:
         self.faults = Faults()
         self.latencies_ms.clear()
         self.first_request = self.first_accept = self.last_accept = 0.0
+        self.first_receipt = self.last_receipt = 0.0
+        self.first_receipt_records = 0
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -159,6 +166,15 @@ class EmulatorState:
             self.last_accept = time.time()
         return n
 
+    def receive(self, n: int) -> None:
+        """Note a call that handed over ``n`` records, accepted now or by a job later."""
+        if not n:
+            return
+        now = time.time()
+        if not self.first_receipt:
+            self.first_receipt, self.first_receipt_records = now, n
+        self.last_receipt = now
+
     def active_jobs(self) -> int:
         return sum(
             1
@@ -172,4 +188,5 @@ class EmulatorState:
             self.faults.fail_next_jobs -= 1
         job = Job(id=secrets.token_hex(12), submitted=time.time(), will_fail=fail, **kwargs)
         self.jobs[job.id] = job
+        self.receive(job.record_count)
         return job

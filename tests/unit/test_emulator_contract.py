@@ -246,3 +246,22 @@ async def test_without_stored_records_counts_and_still_names_errors(counting: Te
     stats = await (await counting.get("/_emulator/stats")).json()
     assert stats["counters"]["records_accepted"] == 302
     assert (await (await counting.get("/_emulator/records")).json())["count"] == 0
+
+
+async def test_stats_tell_received_from_accepted(counting: TestClient) -> None:  # type: ignore[type-arg]
+    """A bulk file is received when its job is made, and accepted when the job ends: the
+    benchmark's rate is the former, the job's turnaround being the API's latency."""
+    assert (await counting.post(URL, data=ds(rec(1), rec(2)), headers=AUTH)).status == 200
+    assert (await counting.post(URL, data=ds(rec(3), rec(3)), headers=AUTH)).status == 400
+    first = await (await counting.get("/_emulator/stats")).json()
+    assert first["firstReceiptRecords"] == 2
+    assert first["firstReceiptAt"] == first["lastReceiptAt"] <= first["lastAcceptAt"]
+    status, body = await bulk(counting, ds(*[rec(i) for i in range(300)]))
+    assert status == 202
+    submitted = await (await counting.get("/_emulator/stats")).json()
+    assert submitted["lastReceiptAt"] > first["lastReceiptAt"]
+    assert submitted["lastAcceptAt"] == first["lastAcceptAt"]  # the job has not ended yet
+    await poll(counting, body["jobId"])
+    ended = await (await counting.get("/_emulator/stats")).json()
+    assert ended["lastAcceptAt"] > submitted["lastReceiptAt"] == ended["lastReceiptAt"]
+    assert ended["firstReceiptRecords"] == 2

@@ -61,6 +61,25 @@ def _first_repeat(ids: list[Any], held: set[Any]) -> int:
     return len(ids)
 
 
+def _add_ids(held: set[Any], ids: list[Any]) -> bool:
+    """Add ``ids`` (None aside) to ``held`` unless one is in it already or repeats among
+    them; then leave ``held`` as it was and return False. One set operation per id when
+    none repeats, the common case (a set of ``ids`` then two set operations cost twice
+    that for every record of a backfill)."""
+    if not held.isdisjoint(ids):
+        return False
+    before = len(held)
+    held.update(ids)
+    nones = 0
+    if None in held:
+        held.discard(None)
+        nones = ids.count(None)
+    if len(held) - before == len(ids) - nones:
+        return True
+    held.difference_update(ids)  # none of them was in it before
+    return False
+
+
 class _Open:
     __slots__ = ("batch", "ids")
 
@@ -208,16 +227,12 @@ class Batcher:
             end = start + bisect_right(total, self.max_bytes) - 1
             # ...then up to the first id the batch already holds.
             ids = rids[start:end]
-            fresh = set(ids)
-            fresh.discard(None)
-            if len(fresh) + ids.count(None) < len(ids) or not opened.ids.isdisjoint(fresh):
+            if not _add_ids(opened.ids, ids):
                 end = start + _first_repeat(ids, opened.ids)
-                ids = ids[: end - start]
-                fresh = set(ids)
-                fresh.discard(None)
+                kept = _add_ids(opened.ids, ids[: end - start])
+                assert kept, "no id repeats before the first repeat"
             added = total[end - start] - batch.nbytes
             add(batch, start, end, added)
-            opened.ids |= fresh
             self.buffered_records += end - start
             self.buffered_bytes += added
             start = end

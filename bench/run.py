@@ -391,6 +391,7 @@ def chart(results: list[dict[str, Any]], path: Path) -> None:
     names = [r["scenario"] for r in backlog]
     ax1.barh(names, [r["records_per_s"] or 0 for r in backlog], color="#3b7dd8")
     ax1.set_xlim(0, max(r["records_per_s"] or 0 for r in backlog) * 1.2)  # room for labels
+    ax1.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:,.0f}k")
     ax1.set_xlabel("records/s (higher is better)")
     ax1.set_title("Throughput on a 1 KB-record backlog")
     ax1.invert_yaxis()

@@ -71,7 +71,9 @@ async def faults_and_log(request: web.Request, handler: Handler) -> web.StreamRe
     injected: int | None = None
     if time.time() < f.down_until:
         injected = 503
-    elif roll < f.reset_rate:
+    elif f.reset_next >= 1 or roll < f.reset_rate:
+        if f.reset_next >= 1:
+            f.reset_next -= 1
         entry["status"] = "reset"
         state.count("faults_reset")
         if request.transport is not None:

@@ -18,6 +18,7 @@ class Faults:
     rate_500: float = 0.0
     rate_503: float = 0.0
     reset_rate: float = 0.0  # the connection is dropped without an answer
+    reset_next: float = 0.0  # this many of the next API calls are dropped that way
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0
     down_until: float = 0.0  # epoch seconds; until then every API call gets 503

@@ -172,6 +172,7 @@ def test_throttling_errors_slow_answers_and_resets(
             "rate_500": 0.05,
             "rate_503": 0.05,
             "reset_rate": 0.03,
+            "reset_next": 2,  # two at least: ~130 calls at 3 % saw none in 2 % of runs
             "latency_ms": 5,
             "latency_jitter_ms": 150,
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import FormData
@@ -144,6 +145,17 @@ async def test_faults_are_settable_at_run_time(client: TestClient) -> None:  # t
     r = await client.post("/_emulator/faults", json={"rate_503": 0, "down_for_s": 30})
     assert (await client.post(URL, data=ds(rec(1)), headers=AUTH)).status == 503
     assert (await client.post("/_emulator/faults", json={"nonsense": 1})).status == 400
+
+
+async def test_the_next_calls_can_be_dropped_without_an_answer(client: TestClient) -> None:  # type: ignore[type-arg]
+    """reset_next: deterministic resets, for tests that must see one whatever the rolls."""
+    assert (await client.post("/_emulator/faults", json={"reset_next": 2})).status == 200
+    for _ in range(2):
+        with pytest.raises(aiohttp.ClientError):
+            await client.post(URL, data=ds(rec(1)), headers=AUTH)
+    assert (await client.post(URL, data=ds(rec(1)), headers=AUTH)).status == 200
+    stats = await (await client.get("/_emulator/stats")).json()
+    assert stats["counters"]["faults_reset"] == 2
 
 
 async def test_part_b_form_bearer_v1(client: TestClient) -> None:  # type: ignore[type-arg]

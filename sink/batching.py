@@ -12,13 +12,12 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from itertools import accumulate, repeat
-from operator import attrgetter
 from typing import Any
 
 from confluent_kafka import Message
 
 from sink.decoding import RecordError, lookup, record_id
-from sink.records import Batch, Offsets, SinkRecord, message_record
+from sink.records import BODY_OF, Batch, Offsets, SinkRecord, message_record
 
 GroupOf = Callable[[SinkRecord, dict[str, Any]], str]
 
@@ -47,7 +46,6 @@ def grouping_function(grouping: str, attribute: str | None) -> GroupOf | None:
 
 
 _PLAIN_IDS = {str, int, type(None)}
-_BODY_OF = attrgetter("body")
 
 
 def _first_repeat(ids: list[Any], held: set[Any]) -> int:
@@ -165,7 +163,7 @@ class Batcher:
             rids = self._ids(datas)
             for record, rid in zip(records, rids, strict=True):
                 record.rid = rid
-        sizes = list(map(len, map(_BODY_OF, records)))
+        sizes = list(map(len, map(BODY_OF, records)))
         if self.group_of is not None:
             assert datas is not None, "grouping by key or attribute needs the records' data"
             for record, data in zip(records, datas, strict=True):

@@ -87,7 +87,7 @@ Offsets = dict[tuple[str, int], list[int]]  # (topic, partition) → offsets, as
 _TP_OF = attrgetter("topic", "partition")
 _OFFSET_OF = attrgetter("offset")
 _KEY_OF = attrgetter("key")
-_BODY_OF = attrgetter("body")
+BODY_OF = attrgetter("body")  # a record's body, for map() over many
 
 
 _MSG_TOPIC, _MSG_PARTITION = Message.topic, Message.partition
@@ -228,7 +228,7 @@ class Batch:
         msgs = self._messages
         if msgs is not None:
             return list(map(_MSG_VALUE, msgs))  # type: ignore[arg-type]
-        return list(map(_BODY_OF, self._records))
+        return list(map(BODY_OF, self._records))
 
     def first_record(self) -> SinkRecord | None:
         """The first record, without making the others."""

@@ -127,9 +127,23 @@ class Settings(BaseSettings):
     null_values: NullPolicy = Field("skip", alias="SINK_NULL_VALUES")
 
     # --- HTTP, retries, flow control ---------------------------------------------
-    http_max_in_flight: int = Field(8, ge=1, le=1_000, alias="HTTP_MAX_IN_FLIGHT")
+    # The most calls in flight. The sink starts at 8 (or this, if lower) and grows while
+    # calls are waiting for a slot and the API does not push back: at 200 ms a call,
+    # Clari's 100 calls/s needs 20 in flight (see sink/flow.py).
+    http_max_in_flight: int = Field(32, ge=1, le=1_000, alias="HTTP_MAX_IN_FLIGHT")
     http_timeout_s: float = Field(30.0, gt=0, alias="HTTP_TIMEOUT_S")
+    # The token's calls per second, for the whole consumer group: Clari counts per token.
     http_rate_limit: float = Field(100.0, gt=0, alias="HTTP_RATE_LIMIT")
+    # partitions: each member takes the share of HTTP_RATE_LIMIT its assigned partitions
+    # are of all the topics' partitions, recomputed on every rebalance; none: each member
+    # may make HTTP_RATE_LIMIT calls/s on its own (one member, or one token per member).
+    http_rate_sharing: Literal["partitions", "none"] = Field(
+        "partitions", alias="HTTP_RATE_SHARING"
+    )
+    # Independent ordered lanes per partition; a key always maps to the same lane. None:
+    # 1 for Ingest Bulk Entities (each call is a job of up to 10 MB), else
+    # 4 x HTTP_MAX_IN_FLIGHT (so that few active keys share a lane), at most 256.
+    key_lanes: int | None = Field(None, ge=1, le=4_096, alias="SINK_KEY_LANES")
     # 0: retry transient failures until they clear; an outage must not empty a topic into
     # the dead-letter topic. A limit trades that for never blocking on one batch.
     retry_max_attempts: int = Field(0, ge=0, alias="RETRY_MAX_ATTEMPTS")
@@ -181,6 +195,7 @@ class Settings(BaseSettings):
         "null_values",
         "kafka_assignment_strategy",
         "log_format",
+        "http_rate_sharing",
         mode="before",
     )
     @classmethod
@@ -303,6 +318,14 @@ class Settings(BaseSettings):
         if self.clari_content_format is not None:
             return self.clari_content_format
         return "clari-datasets" if self.clari_template != "manual" else "json"
+
+    @property
+    def lanes_per_partition(self) -> int:
+        if self.key_lanes is not None:
+            return self.key_lanes
+        if self.clari_template == "ingest-bulk-entities":
+            return 1
+        return min(4 * self.http_max_in_flight, 256)
 
     @property
     def effective_batch_size(self) -> int:

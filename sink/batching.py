@@ -1,25 +1,37 @@
 """Group records into batches: by arrival order, by message key, or by a record attribute.
 
+Every batch belongs to one *lane*: a partition and a slot that the record's message key
+hashes to (``lanes`` slots per partition). A key always lands in the same lane, so the
+batches of one lane, sent one after the other (sink/flow.py), keep every key in offset
+order, while other lanes go on in parallel. A batch never spans partitions or lanes:
+that would tie their keys together.
+
 A batch closes when it holds ``max_records``, when one more record would pass
 ``max_bytes``, when a record repeats an id already in it (Clari rejects a request that
-holds the same id twice, and the later record must follow the earlier one), or when it
-has lingered ``linger_s`` since its first record.
+holds the same id twice, and the later record must follow the earlier one), or, once it
+has lingered ``linger_s`` since its first record, when its lane may send it (``due``):
+a batch whose lane is busy keeps filling, so calls stay full under load.
 """
 
 from __future__ import annotations
 
 import time
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
-from itertools import accumulate, repeat
+from collections.abc import Callable, Iterator, Sequence
+from itertools import accumulate, groupby, repeat
+from operator import attrgetter
 from typing import Any
+from zlib import crc32
 
 from confluent_kafka import Message
 
 from sink.decoding import RecordError, lookup, record_id
-from sink.records import BODY_OF, Batch, Offsets, SinkRecord, message_record
+from sink.records import BODY_OF, Batch, Lane, Offsets, SinkRecord, message_record
 
 GroupOf = Callable[[SinkRecord, dict[str, Any]], str]
+_Slot = tuple[Lane, str]  # an open batch: its lane and its group
+_MSG_KEY, _MSG_TOPIC, _MSG_PARTITION = Message.key, Message.topic, Message.partition
+_MSG_OFFSET = Message.offset
 
 
 def grouping_function(grouping: str, attribute: str | None) -> GroupOf | None:
@@ -95,6 +107,8 @@ class Batcher:
         linger_s: float,
         group_of: GroupOf | None,
         id_field: str | None = "id",
+        lanes: int = 1,
+        keys_span_groups: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_records = max_records
@@ -103,7 +117,11 @@ class Batcher:
         self.group_of = group_of
         self.id_field = id_field
         self.clock = clock
-        self._open: dict[str, _Open] = {}  # insertion order = age order
+        self.lanes = lanes
+        # Attribute grouping puts one key's records in several groups of a lane: a batch
+        # closing there closes the lane's older batches first, which hold earlier records.
+        self.keys_span_groups = keys_span_groups
+        self._open: dict[_Slot, _Open] = {}  # insertion order = age order
         self.buffered_records = 0
         self.buffered_bytes = 0
 
@@ -113,6 +131,18 @@ class Batcher:
         or only its id (arrival order)."""
         return self.group_of is not None
 
+    def lane_of(self, topic: str, partition: int, key: bytes | None, offset: int) -> Lane:
+        """The lane of a record. A key hashes to a fixed slot (CRC-32, the same in every
+        process: a key's lane can be found again when reading logs); records without a
+        key need no order among them and are spread by runs of ``max_records`` offsets,
+        so an unkeyed topic fills its lanes with full batches rather than trickling into
+        all of them."""
+        if self.lanes == 1:
+            return (topic, partition, 0)
+        if key is None:
+            return (topic, partition, (offset // self.max_records) % self.lanes)
+        return (topic, partition, crc32(key) % self.lanes)
+
     def add(self, record: SinkRecord, data: dict[str, Any]) -> Sequence[Batch]:
         """Add a shaped record (``data`` is its decoded form); return the batches this
         closed (usually none)."""
@@ -120,23 +150,25 @@ class Batcher:
         return self._place(record, group, record_id(data, self.id_field))
 
     def _place(self, record: SinkRecord, group: str, rid: Any) -> Sequence[Batch]:
-        """Put ``record`` in its group's batch. No allocation unless a batch closes."""
+        """Put ``record`` in its lane's batch for its group."""
         record.group = group
         size = len(record.body)
         if size > self.max_bytes:
             raise RecordError(
                 "record-too-large", f"{size} bytes encoded, over BATCH_MAX_BYTES={self.max_bytes}"
             )
-        closed: Sequence[Batch] = ()
-        current = self._open.get(group)
+        lane = self.lane_of(record.topic, record.partition, record.key, record.offset)
+        slot = (lane, group)
+        closed: list[Batch] = []
+        current = self._open.get(slot)
         record.rid = rid
         if current is not None and (
             current.batch.nbytes + size > self.max_bytes or (rid is not None and rid in current.ids)
         ):
-            closed = [self._close(group)]
+            closed += self._close_in_order(slot)
             current = None
         if current is None:
-            current = self._new(group)
+            current = self._new(slot)
         batch = current.batch
         batch.extend([record], size)
         if rid is not None:
@@ -144,7 +176,7 @@ class Batcher:
         self.buffered_records += 1
         self.buffered_bytes += size
         if batch.count >= self.max_records:
-            closed = [*closed, self._close(group)]
+            closed += self._close_in_order(slot)
         return closed
 
     def add_many(
@@ -179,9 +211,14 @@ class Batcher:
                 except RecordError as exc:
                     refused.append((record, exc))
             return closed, refused
-        closed = self._fill(
-            sizes, rids, lambda batch, start, end, added: batch.extend(records[start:end], added)
-        )
+        lanes = list(map(self.lane_of, *_record_fields(records)))
+        for lane, picked in _split(lanes):
+            part = [records[i] for i in picked] if isinstance(picked, list) else records[picked]
+
+            def add(batch: Batch, start: int, end: int, added: int, part: Any = part) -> None:
+                batch.extend(part[start:end], added)
+
+            closed += self._fill(lane, _pick(sizes, picked), _pick(rids, picked), add)
         return closed, refused
 
     def add_messages(
@@ -189,35 +226,68 @@ class Batcher:
     ) -> tuple[list[Batch], list[tuple[SinkRecord, RecordError]]]:
         """add_many() for the hot path: consumed messages sent as their values, with their
         ids (Shaper.probe_messages), in arrival order; no SinkRecord is made for them.
-        ``offsets``, if given, are the messages' offsets (message_offsets), handed over:
-        used as they are when all the messages go to one batch."""
+        ``offsets``, if given, are the messages' offsets per partition (message_offsets):
+        with one lane per partition, a partition's run of messages is handed over whole."""
         assert self.group_of is None, "grouping by key or attribute needs shaped records"
         sizes: list[int] = list(map(len, map(Message.value, msgs)))  # type: ignore[arg-type]
         if sizes and max(sizes) > self.max_bytes:
             return self.add_many(list(map(message_record, msgs, rids)), None, rids)
+        closed: list[Batch] = []
+        if self.lanes == 1 and offsets is not None and _one_run_each(msgs, offsets):
+            # Kafka hands out records in runs of one partition: a slice per run.
+            start = 0
+            for (topic, partition), offs in offsets.items():
+                run = slice(start, start + len(offs))
+                closed += self._fill_messages(
+                    (topic, partition, 0), msgs[run], rids[run], sizes[run], offs
+                )
+                start = run.stop
+            return closed, []
+        fields = (map(f, msgs) for f in (_MSG_TOPIC, _MSG_PARTITION, _MSG_KEY, _MSG_OFFSET))
+        lanes: list[Lane] = list(map(self.lane_of, *fields))
+        for lane, picked in _split(lanes):
+            part = _pick(msgs, picked)
+            closed += self._fill_messages(
+                lane, part, _pick(rids, picked), _pick(sizes, picked), None
+            )
+        return closed, []
+
+    def _fill_messages(
+        self,
+        lane: Lane,
+        msgs: list[Message],
+        rids: list[Any],
+        sizes: list[int],
+        offsets: list[int] | None,
+    ) -> list[Batch]:
         n = len(msgs)
 
         def add(batch: Batch, start: int, end: int, added: int) -> None:
-            whole = start == 0 and end == n
+            whole = start == 0 and end == n and offsets is not None
             batch.add_messages(
                 msgs if whole else msgs[start:end],
                 rids if whole else rids[start:end],
                 added,
-                offsets if whole else None,
+                {lane[:2]: offsets} if whole and offsets is not None else None,
             )
 
-        return self._fill(sizes, rids, add), []
+        return self._fill(lane, sizes, rids, add)
 
     def _fill(
-        self, sizes: list[int], rids: list[Any], add: Callable[[Batch, int, int, int], None]
+        self,
+        lane: Lane,
+        sizes: list[int],
+        rids: list[Any],
+        add: Callable[[Batch, int, int, int], None],
     ) -> list[Batch]:
-        """Place a poll's records, in order, into the arrival-order batch: whole runs at
+        """Place one lane's records of a poll, in order, into its batch: whole runs at
         once, their sizes summed and ids compared in C (this runs for every record of a
         backfill). ``add(batch, start, end, nbytes)`` adds records start..end."""
         closed: list[Batch] = []
         start, n = 0, len(sizes)
+        slot = (lane, "")
         while start < n:
-            opened = self._open.get("") or self._new("")
+            opened = self._open.get(slot) or self._new(slot)
             batch = opened.batch
             # As many as the count allows, then as many as the byte cap allows...
             end = min(n, start + self.max_records - batch.count)
@@ -236,7 +306,7 @@ class Batcher:
             start = end
             # Full, or the next record does not fit (bytes or a repeated id).
             if batch.count >= self.max_records or start < n:
-                closed.append(self._close(""))
+                closed.append(self._close(slot))
         return closed
 
     def _ids(self, datas: list[dict[str, Any]]) -> list[Any]:
@@ -248,57 +318,78 @@ class Batcher:
             return rids
         return [record_id(d, self.id_field) for d in datas]
 
-    def due(self) -> list[Batch]:
-        """Batches whose linger time has passed."""
+    def due(
+        self, may_send: Callable[[Lane], bool] | None = None, limit: int | None = None
+    ) -> list[Batch]:
+        """Batches that have lingered ``linger_s``, oldest first, of lanes that
+        ``may_send`` now (every lane if None); at most ``limit``."""
         now = self.clock()
-        ready = [g for g, o in self._open.items() if now - o.batch.opened_at >= self.linger_s]
-        return [self._close(g) for g in ready]
+        ready: list[_Slot] = []
+        for slot, opened in self._open.items():  # oldest first
+            if now - opened.batch.opened_at < self.linger_s:
+                break
+            if may_send is None or may_send(slot[0]):
+                ready.append(slot)
+                if limit is not None and len(ready) >= limit:
+                    break
+        return [self._close(s) for s in ready]
 
     def flush(self, keep: Callable[[Batch], bool] | None = None) -> list[Batch]:
         """Close every open batch (or those ``keep`` selects) regardless of linger."""
-        groups = [g for g, o in self._open.items() if keep is None or keep(o.batch)]
-        return [self._close(g) for g in groups]
+        slots = [s for s, o in self._open.items() if keep is None or keep(o.batch)]
+        return [self._close(s) for s in slots]
 
     def drop(self, partitions: set[tuple[str, int]]) -> int:
         """Forget buffered records of revoked partitions: their new owner consumes them again."""
         dropped = 0
-        for group in list(self._open):
-            opened = self._open[group]
-            batch = opened.batch
-            kept = [r for r in batch.records if (r.topic, r.partition) not in partitions]
-            gone = len(batch.records) - len(kept)
-            if not gone:
-                continue
-            dropped += gone
-            self.buffered_records -= gone
+        for slot in [s for s in self._open if s[0][:2] in partitions]:
+            batch = self._open.pop(slot).batch
+            dropped += batch.count
+            self.buffered_records -= batch.count
             self.buffered_bytes -= batch.nbytes
-            batch.records = kept
-            batch.nbytes = sum(r.nbytes for r in kept)
-            batch.key_set = None  # found again from what is left (as the offsets are)
-            self.buffered_bytes += batch.nbytes
-            opened.ids = {r.rid for r in kept if r.rid is not None}
-            if not kept:
-                del self._open[group]
         return dropped
 
     def next_deadline(self) -> float | None:
-        """When the oldest open batch is due (monotonic seconds), or None if nothing is open."""
-        if not self._open:
-            return None
-        oldest = min(o.batch.opened_at for o in self._open.values())
-        return oldest + self.linger_s
+        """When the next open batch that has not lingered yet is due (monotonic seconds),
+        or None. Lingered batches whose lanes are busy are not counted: their lane's
+        answer, not a timer, lets them go."""
+        now = self.clock()
+        for opened in self._open.values():  # oldest first
+            due_at = opened.batch.opened_at + self.linger_s
+            if due_at > now:
+                return due_at
+        return None
+
+    def lingering(self) -> bool:
+        """Whether the oldest open batch has lingered (it may be waiting for its lane)."""
+        first = next(iter(self._open.values()), None)
+        return first is not None and self.clock() - first.batch.opened_at >= self.linger_s
 
     @property
     def open_batches(self) -> int:
         return len(self._open)
 
-    def _new(self, group: str) -> _Open:
-        opened = _Open(Batch(id="", group=group, opened_at=self.clock()))
-        self._open[group] = opened
+    def _new(self, slot: _Slot) -> _Open:
+        opened = _Open(Batch(id="", group=slot[1], opened_at=self.clock()))
+        opened.batch.lane = slot[0]
+        self._open[slot] = opened
         return opened
 
-    def _close(self, group: str) -> Batch:
-        opened = self._open.pop(group)
+    def _close_in_order(self, slot: _Slot) -> list[Batch]:
+        """Close ``slot``'s batch, and before it, where one key's records may sit in
+        several groups of a lane, the lane's older batches."""
+        if not self.keys_span_groups:
+            return [self._close(slot)]
+        older: list[_Slot] = []
+        for other in self._open:  # oldest first, up to this one
+            if other == slot:
+                break
+            if other[0] == slot[0]:
+                older.append(other)
+        return [self._close(s) for s in [*older, slot]]
+
+    def _close(self, slot: _Slot) -> Batch:
+        opened = self._open.pop(slot)
         batch = opened.batch
         first = batch.first_record()
         assert first is not None, "a batch is opened by its first record"
@@ -307,3 +398,60 @@ class Batcher:
         self.buffered_records -= batch.count
         self.buffered_bytes -= batch.nbytes
         return batch
+
+
+_REC_TOPIC, _REC_PARTITION = attrgetter("topic"), attrgetter("partition")
+_REC_KEY, _REC_OFFSET = attrgetter("key"), attrgetter("offset")
+
+
+def _record_fields(records: list[SinkRecord]) -> tuple[Iterator[Any], ...]:
+    return (
+        map(_REC_TOPIC, records),
+        map(_REC_PARTITION, records),
+        map(_REC_KEY, records),
+        map(_REC_OFFSET, records),
+    )
+
+
+def _one_run_each(msgs: list[Message], offsets: Offsets) -> bool:
+    """Whether each partition's messages are one run, in the order of ``offsets``: its
+    first and last messages sit where the run's length puts them (the offsets of a
+    partition ascend and are unique, so nothing else can sit between)."""
+    start = 0
+    for (_topic, partition), offs in offsets.items():
+        first, last = msgs[start], msgs[start + len(offs) - 1]
+        if (first.partition(), first.offset(), last.partition(), last.offset()) != (
+            partition,
+            offs[0],
+            partition,
+            offs[-1],
+        ):
+            return False
+        start += len(offs)
+    return True
+
+
+def _split(lanes: list[Lane]) -> Iterator[tuple[Lane, slice | list[int]]]:
+    """Each lane of a poll with its records' indexes, in order: a slice when they are one
+    run (always so with one lane per partition), else a list."""
+    if len(set(lanes)) == len(list(groupby(lanes))):
+        start = 0
+        for lane, run in groupby(lanes):
+            end = start + sum(1 for _ in run)
+            yield lane, slice(start, end)
+            start = end
+        return
+    picked: dict[Lane, list[int]] = {}
+    for i, lane in enumerate(lanes):
+        at = picked.get(lane)
+        if at is None:
+            picked[lane] = [i]
+        else:
+            at.append(i)
+    yield from picked.items()
+
+
+def _pick(items: list[Any], picked: slice | list[int]) -> list[Any]:
+    if isinstance(picked, slice):
+        return items[picked]
+    return [items[i] for i in picked]

@@ -44,6 +44,10 @@ class RateLimiter:
         self._next = 0.0
         self._lock = asyncio.Lock()
 
+    def set_rate(self, rate: float) -> None:
+        """A new rate from the next call on (this member's share changed)."""
+        self.spacing_s = self.MARGIN / rate
+
     async def acquire(self) -> None:
         async with self._lock:
             wait = self._next - time.monotonic()
@@ -58,6 +62,9 @@ class HttpClient:
         self._limiter = RateLimiter(rate_limit)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+
+    def set_rate(self, rate: float) -> None:
+        self._limiter.set_rate(rate)
 
     async def __aenter__(self) -> HttpClient:
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)

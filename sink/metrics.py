@@ -56,6 +56,21 @@ class Metrics:
             p + "parked_records", "Records of bulk jobs in progress, not held in memory", registry=r
         )
         self.in_flight = Gauge(p + "in_flight_requests", "Batches being delivered", registry=r)
+        self.concurrency = Gauge(
+            p + "concurrency_limit", "Calls allowed in flight now (adaptive)", registry=r
+        )
+        self.rate_share = Gauge(
+            p + "rate_limit_share", "Calls per second this member may make", registry=r
+        )
+        self.lanes_busy = Gauge(
+            p + "lanes_busy", "Key lanes with a batch waiting for its answer", registry=r
+        )
+        self.batches_waiting = Gauge(
+            p + "batches_waiting", "Closed batches waiting for their lane or a slot", registry=r
+        )
+        self.paused_partitions = Gauge(
+            p + "paused_partitions", "Partitions paused by backpressure", registry=r
+        )
         self.buffered = Gauge(
             p + "buffered_records", "Records consumed and not yet resolved", registry=r
         )

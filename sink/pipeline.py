@@ -1,7 +1,7 @@
-"""The orchestrator: poll → decode and shape → batch → deliver → report → commit.
+"""The orchestrator: poll → decode and shape → batch → dispatch → deliver → report → commit.
 
-Each stage lives in its own module; this one wires them, keeps per-key order among
-batches in flight, applies backpressure, and handles rebalances and shutdown.
+Each stage lives in its own module; this one wires them and handles rebalances and
+shutdown. Order per key, concurrency, pace and backpressure are sink/flow.py's.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import contextlib
 import logging
 import signal
 import time
-from collections import Counter, deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message
 
@@ -21,62 +21,23 @@ from sink.avro import registry_for
 from sink.batching import Batcher, grouping_function
 from sink.config import Settings
 from sink.consumer import TP, KafkaSource, consumer_config
-from sink.decoding import RecordError, Shaper
+from sink.decoding import Shaper
 from sink.delivery import Delivery
 from sink.endpoint import EndpointBuilder
+from sink.flow import Backpressure, ConcurrencyLimit, Dispatcher, Pace
 from sink.health import Health
 from sink.http_client import HttpClient
 from sink.metrics import Metrics
 from sink.offsets import OffsetTracker
 from sink.producer import AsyncProducer
-from sink.records import Batch, Offsets, SinkRecord, message_offsets
+from sink.rate_share import RateShare
+from sink.records import Batch, SinkRecord, message_offsets
+from sink.rejects import Rejects
 from sink.replay import Replayer, ReplayError
 from sink.reporting import Reporter
+from sink.schema_wait import CONSUME_BATCH, IDLE_POLL_S, with_schemas
 
 log = logging.getLogger(__name__)
-
-CONSUME_BATCH = 1_000
-IDLE_POLL_S = 0.2
-
-
-@dataclass(slots=True)
-class _InFlight:
-    batch: Batch
-    keys: set[bytes]
-    sending: bool = True  # False once the API gave its final answer (publishing remains)
-
-    @property
-    def covers(self) -> Offsets:
-        """The offsets as dispatched: delivery may shrink or park batch.records."""
-        assert self.batch.covers is not None  # fixed by Pipeline._start
-        return self.batch.covers
-
-
-class FatalError(Exception):
-    """Something the sink must not paper over (a null value under SINK_NULL_VALUES=fail)."""
-
-
-class ConcurrencyLimit:
-    """In-flight requests allowed now: halved when the API pushes back, regrown on success."""
-
-    def __init__(self, maximum: int) -> None:
-        self.maximum = maximum
-        self.current = maximum
-        self._successes = 0
-        self._last_cut = 0.0
-
-    def pushback(self) -> None:
-        now = time.monotonic()
-        if now - self._last_cut > 1.0:  # one cut per burst of 429s, not one per request
-            self.current = max(1, self.current // 2)
-            self._last_cut = now
-            self._successes = 0
-
-    def success(self) -> None:
-        self._successes += 1
-        if self.current < self.maximum and self._successes >= 10:
-            self.current += 1
-            self._successes = 0
 
 
 class Pipeline:
@@ -99,24 +60,30 @@ class Pipeline:
             linger_s=settings.batch_linger_ms / 1000,
             group_of=grouping_function(settings.batch_grouping, settings.batch_group_attribute),
             id_field=settings.clari_id_field,
+            lanes=settings.lanes_per_partition,
+            keys_span_groups=settings.batch_grouping == "attribute",
         )
         self.limit = ConcurrencyLimit(settings.http_max_in_flight)
-        self.waiting: deque[Batch] = deque()
-        self.in_flight: dict[asyncio.Task[None], _InFlight] = {}
-        # Keys of the batches in flight: a set, since no two of them ever share a key.
-        self.keys_in_flight: set[bytes] = set()
-        self.sending = 0  # batches in flight still waiting for the API's final answer
-        self.side_tasks: set[asyncio.Task[None]] = set()  # dead letters of single records
-        self.active = settings.active
-        self.backpressure = False
+        self.pace = Pace(settings.http_rate_limit)
+        self.flow = Dispatcher(
+            self.batcher, self.limit, self.pace, self._deliver, self._prepare, self._finished
+        )
+        self.backpressure = Backpressure(settings.max_buffered_records, settings.max_buffered_bytes)
+        self.rejects = Rejects(settings.null_values, self.tracker, self.metrics, self._fail)
+        self.rate = RateShare(settings.http_rate_limit, settings.http_rate_sharing, self._set_rate)
+        self.flow.active = self.active = settings.active
         self.consumed = 0
         self._stop = asyncio.Event()
         self._fatal: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.source: KafkaSource | None = None
+        self.http: HttpClient | None = None
         self.delivery: Delivery | None = None
-        self.reporter: Reporter | None = None
         self.metrics.active.set(1 if self.active else 0)
+
+    @property
+    def in_flight(self) -> dict[asyncio.Task[None], Batch]:
+        return self.flow.in_flight
 
     # ------------------------------------------------------------------ lifecycle
     def check_kafka_config(self) -> None:
@@ -137,41 +104,31 @@ class Pipeline:
         producer = AsyncProducer(
             {**self.s.kafka_common(), "logger": logging.getLogger("librdkafka")}
         )
-        response_topic = self.s.response_topic if self.s.response_topic_enabled else None
-        self.reporter = Reporter(
+        reporter = Reporter(
             producer,
-            response_topic=response_topic,
+            response_topic=self.s.response_topic if self.s.response_topic_enabled else None,
             dlq_topic=self.s.dlq_topic,
             builder=self.builder,
             metrics=self.metrics,
             health=self.health,
         )
+        self.rejects.reporter = reporter
         self.source = KafkaSource(self.s, self._on_kafka_error)
         self.source.pause_new = not self.active
-        async with HttpClient(
-            self.s.http_timeout_s, self.s.http_rate_limit, self.s.http_max_in_flight
-        ) as http:
+        s = self.s
+        async with HttpClient(s.http_timeout_s, s.http_rate_limit, s.http_max_in_flight) as http:
+            self.http = http
             self.delivery = Delivery(
-                self.s,
-                http,
-                self.builder,
-                self.reporter,
-                self.metrics,
-                self.health,
-                on_pushback=self.limit.pushback,
-                on_success=self.limit.success,
-                replayer=Replayer(self.s, self.shaper),
-            )
+                s, http, self.builder, reporter, self.metrics, self.health,
+                on_pushback=self.limit.pushback, on_success=self.limit.success,
+                replayer=Replayer(s, self.shaper),
+            )  # fmt: skip
             self.source.subscribe(self._on_assign, self._on_revoke, self._on_lost)
             log.info(
                 "sink started",
-                extra={
-                    "topics": self.s.kafka_topics,
-                    "group": self.s.kafka_group_id,
-                    "template": self.s.clari_template,
-                    "active": self.active,
-                },
-            )
+                extra={"topics": s.kafka_topics, "group": s.kafka_group_id,
+                       "template": s.clari_template, "active": self.active},
+            )  # fmt: skip
             try:
                 await self._main_loop(until_drained)
             finally:
@@ -189,12 +146,11 @@ class Pipeline:
             self.health.beat()
             msgs = await self.source.consume(CONSUME_BATCH, self._poll_timeout())
             if self.registry is not None and msgs:
-                msgs = await self._with_schemas(msgs)
+                msgs = await with_schemas(self.registry, self.source, msgs, self.health, self._stop)
             self._handle(msgs)
             if self._fatal is not None:
                 return
-            self.waiting.extend(self.batcher.due())
-            self._pump()
+            self.flow.pump()
             await self._apply_backpressure()
             now = time.monotonic()
             if now >= next_commit:
@@ -218,19 +174,22 @@ class Pipeline:
         deadline = time.monotonic() + self.s.shutdown_timeout_s
         if self._fatal is None and self.active:
             # Send what is buffered, then let in-flight deliveries finish within the deadline.
-            self.waiting.extend(self.batcher.flush())
-        while (self.in_flight or self.side_tasks or (self.waiting and self.active)) and (
+            self.flow.add(self.batcher.flush())
+        while (self.in_flight or self.rejects.tasks or (self.flow.queues and self.active)) and (
             self._fatal is None and time.monotonic() < deadline
         ):
-            self._pump()
-            pending = set(self.in_flight) | self.side_tasks
+            self.flow.pump()
+            pending = set(self.in_flight) | self.rejects.tasks
             if pending:
                 await asyncio.wait(
                     pending,
                     timeout=max(0.0, deadline - time.monotonic()),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-        abandoned = [*self.in_flight, *self.side_tasks]
+            else:  # waiting for the pace only
+                await asyncio.sleep(max(0.001, self.pace.wait_s(time.monotonic())))
+        self.flow.stop_timer()
+        abandoned = [*self.in_flight, *self.rejects.tasks]
         for task in abandoned:
             task.cancel()
         if abandoned:
@@ -249,37 +208,9 @@ class Pipeline:
         producer.close()
         log.info("sink stopped", extra={"consumed": self.consumed})
 
-    async def _with_schemas(self, msgs: list[Message]) -> list[Message]:
-        """Fetch the writer schemas ``msgs`` need before they are handled (the per-record
-        path never waits on the network). While the registry is unavailable the
-        partitions stay paused but polled, so the group membership holds; messages of
-        partitions revoked meanwhile are left to their new owner."""
-        assert self.registry is not None and self.source is not None
-        source = self.source
-
-        async def wait(seconds: float) -> bool:
-            source.pause_new = True
-            await source.pause(source.assignment)
-            until = time.monotonic() + seconds
-            while not self._stop.is_set() and (left := until - time.monotonic()) > 0:
-                self.health.beat()
-                msgs.extend(await source.consume(CONSUME_BATCH, min(IDLE_POLL_S, left)))
-            return self._stop.is_set()
-
-        def unavailable(text: str) -> None:
-            self.health.fail("schema-registry", text)
-            log.warning("schema registry unavailable, records wait (retrying): %s", text)
-
-        fetched = False
-        while missing := self.registry.missing(m.value() for m in msgs if m.error() is None):
-            if not await self.registry.fetch_until_done(missing, wait, unavailable):
-                return []  # stopping: nothing of these was tracked, they are consumed again
-            fetched = True
-        if not fetched:
-            return msgs
-        self.health.clear("schema-registry")
-        owned = source.assignment
-        return [m for m in msgs if (m.topic(), m.partition()) in owned or m.error() is not None]
+    def _fail(self, exc: BaseException) -> None:
+        self._fatal = exc
+        self._stop.set()
 
     # ------------------------------------------------------------------ per record
     def _handle(self, msgs: list[Message]) -> None:
@@ -289,8 +220,9 @@ class Pipeline:
             return
         if any(map(Message.error, msgs)):
             for msg in msgs:
-                if msg.error() is not None:
-                    self._consumer_error(msg)
+                err = msg.error()
+                if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err)
             msgs = [m for m in msgs if m.error() is None]
         # Tracked per partition once per poll; nothing resolves before this (deliveries
         # start later, and rejections are handled below).
@@ -299,9 +231,9 @@ class Pipeline:
         for tp, offs in offsets.items():
             self.tracker.track_many(tp, offs)
             per_topic[tp[0]] += len(offs)
-        # Batched in arrival order, a JSON record sent as it is needs only checking and
-        # its id, and travels as the consumed message itself; otherwise it is decoded
-        # (and shaped, when attributes are dropped) into a SinkRecord.
+        # A JSON record sent as it is in arrival-order batches needs only checking and its
+        # id, and travels as the consumed message itself; otherwise it is decoded (and
+        # shaped, when attributes are dropped) into a SinkRecord.
         probed = None
         if not self.batcher.needs_data:
             probed = self.shaper.probe_messages(msgs, self.batcher.id_field)
@@ -314,122 +246,49 @@ class Pipeline:
             consumed = list(map(SinkRecord.from_message, msgs))
             shaped, datas, rejected = self.shaper.shape_many(consumed)
             closed, refused = self.batcher.add_many(shaped, datas)
-        self.waiting.extend(closed)
+        self.flow.add(closed)
         for record, error in rejected + refused:
-            self._reject(record, error)
+            self.rejects.reject(record, error)
         for topic, count in per_topic.items():
             self.consumed += count
             self.metrics.consumed.labels(topic=topic).inc(count)
         if per_topic:
             self.health.clear("kafka")
 
-    def _consumer_error(self, msg: Message) -> None:
-        err = msg.error()
-        if err is not None and err.code() != KafkaError._PARTITION_EOF:
-            log.warning("consumer error: %s", err)
-
-    def _reject(self, record: SinkRecord, exc: RecordError) -> None:
-        if exc.reason == "null-value":
-            policy = self.s.null_values
-            if policy == "skip":
-                self.metrics.skipped.labels(reason="null-value").inc()
-                self.tracker.resolve(record.topic, record.partition, record.offset)
-                return
-            if policy == "fail":
-                self._fatal = FatalError(f"null value at {record.where} and SINK_NULL_VALUES=fail")
-                self._stop.set()
-                return
-        assert self.reporter is not None
-        task = asyncio.create_task(
-            self.reporter.dead_letter([record], reason=exc.reason, error=exc.detail or exc.reason)
-        )
-
-        def done(t: asyncio.Task[None]) -> None:
-            self.side_tasks.discard(t)
-            if not t.cancelled() and t.exception() is None:
-                self.tracker.resolve(record.topic, record.partition, record.offset)
-
-        self.side_tasks.add(task)
-        task.add_done_callback(done)
-
     # ------------------------------------------------------------------ dispatch
-    def _pump(self) -> None:
-        """Start waiting batches while capacity allows, never two with a shared key at once,
-        and never a batch ahead of an earlier waiting one that shares a key with it."""
-        if not self.active:
-            return
-        blocked: set[bytes] = set()
-        held: deque[Batch] = deque()
-        while self.waiting:
-            if self.sending >= self.limit.current:
-                held.extend(self.waiting)
-                self.waiting.clear()
-                break
-            batch = self.waiting.popleft()
-            keys = batch.keys
-            if not (keys.isdisjoint(blocked) and keys.isdisjoint(self.keys_in_flight)):
-                blocked |= keys
-                held.append(batch)
-                continue
-            self._start(batch, keys, more_waiting=bool(self.waiting or held))
-        self.waiting = held
-
-    def _start(self, batch: Batch, keys: set[bytes], more_waiting: bool) -> None:
+    def _deliver(self, batch: Batch, on_sent: Callable[[], None]) -> Coroutine[Any, Any, None]:
         assert self.delivery is not None
+        return self.delivery.deliver(batch, on_sent=on_sent)
+
+    def _prepare(self, batch: Batch) -> None:
+        """What depends on the moment a batch is sent."""
         self.metrics.batch_records.observe(batch.count)
-        batch.is_last = self._is_last_batch(more_waiting)
+        batch.is_last = self._is_last_batch()
         batch.covers = batch.covered()
-        flight = _InFlight(batch, keys)
-        task = asyncio.create_task(
-            self.delivery.deliver(batch, on_sent=lambda: self._sent(flight)),
-            name=f"deliver {batch.id}",
-        )
-        self.in_flight[task] = flight
-        self.keys_in_flight |= keys
-        self.sending += 1
-        task.add_done_callback(self._finished)
 
-    def _sent(self, flight: _InFlight) -> None:
-        """The API's final answer is in: free the slot and the keys for the next batches,
-        while the answer is published and the offsets wait for that."""
-        if not flight.sending:
-            return
-        flight.sending = False
-        self.sending -= 1
-        self.keys_in_flight -= flight.keys
-        self._pump()
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        flight = self.in_flight.pop(task, None)
-        if flight is None:
-            return
-        self._sent(flight)
+    def _finished(self, batch: Batch, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
         exc = task.exception()
         if isinstance(exc, ReplayError):
             # A failed bulk job's records could not be read back: stop without committing
             # them; after a restart they are consumed again from the committed offset.
-            log.error("batch %s: %s; stopping", flight.batch.id, exc)
-            self._fatal = exc
-            self._stop.set()
-            return
+            log.error("batch %s: %s; stopping", batch.id, exc)
+            return self._fail(exc)
         if exc is not None:
             # A bug, not an API answer: stop without committing past this batch.
-            log.error("delivery of batch %s crashed", flight.batch.id, exc_info=exc)
-            self._fatal = exc
-            self._stop.set()
-            return
-        for tp, offsets in flight.covers.items():
+            log.error("delivery of batch %s crashed", batch.id, exc_info=exc)
+            return self._fail(exc)
+        assert batch.covers is not None  # fixed by _prepare
+        for tp, offsets in batch.covers.items():
             self.tracker.resolve_many(tp, offsets)
-        self._pump()
 
-    def _is_last_batch(self, more_waiting: bool) -> bool:
+    def _is_last_batch(self) -> bool:
         setting = self.s.clari_is_last_batch
         if setting != "auto":
             return setting == "true"
         # Auto: true only for the call that catches up with the end of every assigned partition.
-        if self.batcher.open_batches or more_waiting:
+        if self.batcher.open_batches or self.flow.queues:
             return False
         assert self.source is not None
         for tp in self.source.assignment:
@@ -441,11 +300,8 @@ class Pipeline:
     # ------------------------------------------------------------------ offsets
     async def commit(self) -> None:
         assert self.source is not None
-        positions = {
-            tp: pos
-            for tp, pos in self.tracker.committable().items()
-            if tp in self.source.assignment
-        }
+        owned = self.source.assignment
+        positions = {tp: pos for tp, pos in self.tracker.committable().items() if tp in owned}
         if not positions:
             return
         try:
@@ -461,9 +317,9 @@ class Pipeline:
     async def drained(self) -> bool:
         """Every assigned partition is consumed to its end, resolved and committed."""
         assert self.source is not None
-        if self.waiting or self.in_flight or self.side_tasks or self.batcher.open_batches:
-            self.waiting.extend(self.batcher.flush())
-            self._pump()
+        if self.flow.queues or self.in_flight or self.rejects.tasks or self.batcher.open_batches:
+            self.flow.add(self.batcher.flush())
+            self.flow.pump()
             return False
         tps = sorted(self.source.assignment)
         if not tps or self.tracker.unresolved():
@@ -474,19 +330,20 @@ class Pipeline:
         return all(committed.get(tp, -1) >= high or high == low for tp, (low, high) in ends.items())
 
     # ------------------------------------------------------------------ rebalance
+    # The callbacks run on the Kafka thread, inside consume(): they may block while the
+    # event loop finishes the partitions' work.
     def _on_assign(self, tps: list[TP]) -> None:
         log.info("partitions assigned: %s", _fmt(tps))
+        assert self.source is not None
+        self._share_rate(self.source.partition_total())
 
     def _on_revoke(self, tps: list[TP]) -> None:
-        """Runs on the kafka thread: finish the revoked partitions' work, commit, let go."""
+        """Finish the revoked partitions' work, commit, let go."""
         log.info("partitions revoked: %s", _fmt(tps))
-        assert self._loop is not None and self.source is not None
-        future = asyncio.run_coroutine_threadsafe(self._release(set(tps), wait=True), self._loop)
-        try:
-            future.result(timeout=self.s.shutdown_timeout_s + 5)
-        except Exception as exc:
-            log.error("releasing revoked partitions failed: %s", exc)
-        positions = {tp: pos for tp, pos in self.tracker.positions(tps).items()}
+        assert self.source is not None
+        self._share_rate(None, len(self.source.assignment) - len(set(tps)))
+        self._release_blocking(tps, wait=True, timeout_s=self.s.shutdown_timeout_s + 5)
+        positions = self.tracker.positions(tps)
         try:
             self.source.commit_now(positions)
             self.tracker.mark_committed(positions)
@@ -496,67 +353,61 @@ class Pipeline:
 
     def _on_lost(self, tps: list[TP]) -> None:
         log.warning("partitions lost (group membership expired): %s", _fmt(tps))
-        assert self._loop is not None
-        future = asyncio.run_coroutine_threadsafe(self._release(set(tps), wait=False), self._loop)
-        try:
-            future.result(timeout=30)
-        except Exception as exc:
-            log.error("releasing lost partitions failed: %s", exc)
+        self._release_blocking(tps, wait=False, timeout_s=30)
         self.tracker.forget(tps)
 
+    def _release_blocking(self, tps: list[TP], wait: bool, timeout_s: float) -> None:
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(self._release(set(tps), wait), self._loop)
+        try:
+            future.result(timeout=timeout_s)
+        except Exception as exc:
+            log.error("releasing partitions failed: %s", exc)
+
     async def _release(self, tps: set[TP], wait: bool) -> None:
-        """Drop what is buffered for ``tps``; let their in-flight batches finish (or cancel)."""
+        """Drop what is buffered for ``tps``; let their in-flight batches finish (or cancel).
+        A batch never spans partitions, so nothing of the kept partitions is touched."""
         self.batcher.drop(tps)
-        kept: deque[Batch] = deque()
-        for batch in self.waiting:
-            if tps.isdisjoint(batch.covered()):
-                kept.append(batch)
-            elif (rest := _without(batch, tps)) is not None:
-                kept.append(rest)  # a batch sent back by an earlier rebalance may be parked
-        self.waiting = kept
-        touching = [t for t, f in self.in_flight.items() if not tps.isdisjoint(f.covers)]
+        touching = self.flow.drop(tps)
         if wait and touching:
             await asyncio.wait(touching, timeout=self.s.shutdown_timeout_s)
         for task in touching:
-            if not task.done():
-                flight = self.in_flight[task]
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                # Records of partitions we keep go out again; the revoked ones are re-consumed.
-                retry = _without(flight.batch, tps)
-                if retry is not None:
-                    self.waiting.appendleft(retry)
-        for task in [t for t in self.side_tasks if not t.done()]:
+            task.cancel()
+        await asyncio.gather(*touching, return_exceptions=True)
+        for task in [t for t in self.rejects.tasks if not t.done()]:
             await asyncio.wait([task], timeout=5)
 
-    # ------------------------------------------------------------------ flow control
-    def _buffered_bytes(self) -> int:
-        return (
-            self.batcher.buffered_bytes
-            + sum(b.nbytes for b in self.waiting)
-            + sum(f.batch.nbytes for f in self.in_flight.values())
-        )
+    def _share_rate(self, partitions_total: int | None, assigned: int | None = None) -> None:
+        assert self.source is not None
+        owned = len(self.source.assignment) if assigned is None else assigned
+        self.rate.update(owned, partitions_total)
 
+    def _set_rate(self, rate: float) -> None:
+        self.pace.set_rate(rate)
+        if self.http is not None:
+            self.http.set_rate(rate)
+        self.metrics.rate_share.set(rate)
+
+    # ------------------------------------------------------------------ flow control
     async def _apply_backpressure(self) -> None:
         assert self.source is not None
-        records = self.tracker.unresolved() - self._parked()  # parked: not in memory
-        nbytes = self._buffered_bytes()
-        full = records >= self.s.max_buffered_records or nbytes >= self.s.max_buffered_bytes
-        low = records < self.s.max_buffered_records // 2 and nbytes < self.s.max_buffered_bytes // 2
-        if full and not self.backpressure:
-            self.backpressure = True
-            log.info(
-                "backpressure: pausing partitions (%d records, %d bytes buffered)", records, nbytes
-            )
-        elif self.backpressure and low:
-            self.backpressure = False
-            log.info("backpressure released: resuming partitions")
-        should_pause = self.backpressure or not self.active
-        self.source.pause_new = should_pause
-        if should_pause:
-            await self.source.pause(self.source.assignment)
-        elif self.source.paused:
-            await self.source.resume(list(self.source.paused))
+        parked = self.flow.parked()  # records of bulk jobs in progress: not in memory
+        held = {
+            tp: self.tracker.unresolved(tp) - parked.get(tp, 0) for tp in self.source.assignment
+        }
+        nbytes = (
+            self.batcher.buffered_bytes
+            + self.flow.waiting_bytes()
+            + sum(b.nbytes for b in self.in_flight.values())
+        )
+        paused = (
+            self.source.assignment if not self.active else self.backpressure.update(held, nbytes)
+        )
+        self.source.pause_new = not self.active or self.backpressure.bytes_full
+        self.metrics.paused_partitions.set(len(paused) if self.active else 0)
+        await self.source.pause(paused)
+        if resume := self.source.paused - set(paused):
+            await self.source.resume(list(resume))
 
     # ------------------------------------------------------------------ activation
     def set_active(self, active: bool) -> None:
@@ -564,21 +415,24 @@ class Pipeline:
         the committed position; batches already in flight finish."""
         if active != self.active:
             log.info("sink %s", "activated" if active else "deactivated")
-        self.active = active
+        self.flow.active = self.active = active
         self.metrics.active.set(1 if active else 0)
-
-    def _parked(self) -> int:
-        """Records of bulk jobs in progress, dropped from memory (see sink/replay.py)."""
-        return sum(f.batch.size for f in self.in_flight.values() if f.batch.parked is not None)
+        if active and self._loop is not None:
+            self.flow.pump()
 
     def update_gauges(self) -> None:
-        self.metrics.in_flight.set(len(self.in_flight))
-        self.metrics.parked.set(self._parked())
-        self.metrics.buffered.set(self.tracker.unresolved())
-        self.metrics.paused.set(1 if self.backpressure else 0)
-        self.metrics.healthy.set(1 if self.health.ok else 0)
+        m = self.metrics
+        m.in_flight.set(len(self.in_flight))
+        m.parked.set(sum(self.flow.parked().values()))
+        m.buffered.set(self.tracker.unresolved())
+        m.paused.set(1 if self.backpressure.full or self.backpressure.bytes_full else 0)
+        m.healthy.set(1 if self.health.ok else 0)
+        m.concurrency.set(self.limit.current)
+        m.rate_share.set(self.rate.current)
+        m.lanes_busy.set(len(self.flow.busy))
+        m.batches_waiting.set(self.flow.waiting)
         if self.source is not None:
-            self.metrics.assigned.set(len(self.source.assignment))
+            m.assigned.set(len(self.source.assignment))
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
@@ -587,23 +441,6 @@ class Pipeline:
         if err.fatal() and self._loop is not None:
             self._fatal = RuntimeError(f"fatal Kafka error: {err}")
             self._loop.call_soon_threadsafe(self._stop.set)
-
-
-def _without(batch: Batch, tps: set[TP]) -> Batch | None:
-    """What of a waiting or cancelled batch must still go out once ``tps`` are revoked
-    (None if nothing): the kept partitions' records, or their offsets if the records are
-    parked, and every kept offset it answers for."""
-    kept = {tp: offs for tp, offs in batch.covered().items() if tp not in tps}
-    if not kept:
-        return None
-    retry = Batch(id=batch.id + "-r", group=batch.group, covers=kept)
-    if batch.parked is not None:
-        retry.parked = {tp: offs for tp, offs in batch.parked.items() if tp not in tps}
-        retry.key_set, retry.shown_keys = batch.key_set, batch.shown_keys
-    else:
-        retry.records = [r for r in batch.records if (r.topic, r.partition) not in tps]
-        retry.nbytes = sum(r.nbytes for r in retry.records)
-    return retry
 
 
 def _fmt(tps: Iterable[TP]) -> str:

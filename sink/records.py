@@ -82,6 +82,7 @@ class OffsetRange:
 
 KEYS_SHOWN = 100  # a bulk file's thousands of keys would make each response message huge
 Offsets = dict[tuple[str, int], list[int]]  # (topic, partition) → offsets, ascending
+Lane = tuple[str, int, int]  # (topic, partition, slot): see sink/batching.py
 
 
 _TP_OF = attrgetter("topic", "partition")
@@ -148,6 +149,7 @@ class Batch:
         "id",
         "is_last",
         "key_set",
+        "lane",
         "nbytes",
         "offsets",
         "opened_at",
@@ -169,6 +171,7 @@ class Batch:
         self.nbytes = nbytes
         self.opened_at = time.monotonic() if opened_at is None else opened_at
         self.is_last = True  # isLastBatch, fixed when the batch is dispatched
+        self.lane: Lane | None = None  # where it waits its turn (sink/flow.py)
         # Set while the records are dropped from memory (a bulk job runs with Clari
         # holding the file): where to read them again from Kafka.
         self.parked: Offsets | None = None
@@ -242,20 +245,19 @@ class Batch:
     ) -> None:
         """Add a run of consumed messages, each sent as its value, with their ids
         (``nbytes`` the values' size, ``offsets`` their offsets if known, handed over),
-        keeping the keys and offsets current."""
+        keeping the offsets current."""
         if self._records:  # already holds SinkRecords: add these as records too
             self.extend(list(map(message_record, msgs, rids)), nbytes)
             return
         if self._messages is None or self._rids is None:
             self._messages, self._rids = [], []
-            self.key_set, self.offsets = set(), {}
+            self.offsets = {}
         self._messages.extend(msgs)
         self._rids.extend(rids)
         self.nbytes += nbytes
-        known, held = self.key_set, self.offsets
-        assert known is not None and held is not None  # kept while it holds messages
-        known.update(map(_MSG_KEY, msgs))  # type: ignore[arg-type]
-        known.discard(None)
+        self.key_set = None  # found when asked for: dispatch no longer needs the keys
+        held = self.offsets
+        assert held is not None  # kept while it holds messages
         for tp, offs in (message_offsets(msgs) if offsets is None else offsets).items():
             if tp in held:
                 held[tp].extend(offs)
@@ -272,8 +274,7 @@ class Batch:
     # -- what is known of them ----------------------------------------------------------
     @property
     def keys(self) -> set[bytes]:
-        """The records' keys as first asked for: records dropped later (dead-lettered,
-        revoked) leave a superset, which only ever holds a batch back, never lets one by."""
+        """The records' distinct keys, as first asked for (response messages count them)."""
         keys = self.key_set
         if keys is None:
             found: set[bytes | None] = set(self._keys_in_order())

@@ -121,24 +121,25 @@ def test_drop_forgets_revoked_partitions_only() -> None:
     assert [r.offset for r in b.flush()[0].records] == [0, 2]
 
 
-def batches_of(closed: list, b: Batcher) -> list:  # type: ignore[type-arg]
-    """Each batch as a user sees it: id, records, size, keys and the offsets it answers for."""
-    return [
-        (
-            x.id,
-            [(r.offset, r.rid, r.body) for r in x.records],
-            x.nbytes,
-            sorted(x.keys),
-            x.covered(),
-        )
-        for x in [*closed, *b.flush()]
-    ]
+def batches_of(closed: list, b: Batcher) -> dict:  # type: ignore[type-arg]
+    """Each lane's batches in the order they closed, as a user sees them: id, records,
+    size, keys and the offsets each answers for. (Lanes are independent: the order
+    between two lanes' batches means nothing.)"""
+    lanes: dict = {}  # type: ignore[type-arg]
+    for x in [*closed, *b.flush()]:
+        lanes.setdefault(x.lane, []).append(
+            (x.id, [(r.offset, r.rid, r.body) for r in x.records], x.nbytes, sorted(x.keys),
+             x.covered())
+        )  # fmt: skip
+    return lanes
 
 
+@pytest.mark.parametrize("lanes", [1, 3])
 @pytest.mark.parametrize("seed", range(30))
-def test_a_whole_poll_batches_exactly_as_one_record_at_a_time(seed: int) -> None:
+def test_a_whole_poll_batches_exactly_as_one_record_at_a_time(seed: int, lanes: int) -> None:
     """add_many (the hot path's form) against add: ids that repeat, are missing or are
-    not plain, records of every size under the cap, across several polls."""
+    not plain, records of every size under the cap, across several polls, in one lane
+    per partition or several."""
     import random
 
     rng = random.Random(seed)
@@ -153,7 +154,11 @@ def test_a_whole_poll_batches_exactly_as_one_record_at_a_time(seed: int) -> None
         )
         for i in range(400)
     ]
-    kwargs = {"max_records": rng.randint(1, 40), "max_bytes": rng.randint(330, 3000)}
+    kwargs = {
+        "max_records": rng.randint(1, 40),
+        "max_bytes": rng.randint(330, 3000),
+        "lanes": lanes,
+    }
     one, many, by_id = batcher(**kwargs), batcher(**kwargs), batcher(**kwargs)
     by_msg = batcher(**kwargs)
     expected = [x for r in records for x in add(one, r)]
@@ -177,6 +182,12 @@ def test_a_whole_poll_batches_exactly_as_one_record_at_a_time(seed: int) -> None
         got_by_msg += closed
         start += len(poll)
     want = batches_of(expected, one)
+    assert len(want) == (3 * lanes if lanes == 1 else len(want))
+    for lane, batches in want.items():
+        for _id, held, *_ in batches:  # a lane's records: one partition, one slot per key
+            for offset, *_ in held:
+                r = records[offset]
+                assert one.lane_of(r.topic, r.partition, r.key, r.offset) == lane
     assert batches_of(got, many) == want
     assert batches_of(got_by_id, by_id) == want
     assert batches_of(got_by_msg, by_msg) == want
@@ -217,21 +228,22 @@ def test_a_batch_of_messages_makes_records_only_when_asked() -> None:
     parking read them; records appear, with their ids, only when something needs them."""
     b = batcher(max_records=10)
     msgs = [
-        Message(topic="t", partition=i % 2, offset=10 + i, key=f"k{i % 3}".encode(), value=v)
+        Message(topic="t", partition=0, offset=10 + i, key=f"k{i % 3}".encode(), value=v)
         for i, v in enumerate([b'{"id":"a"}', b'{"id":"b"}', b'{"id":"c"}', b'{"id":"d"}'])
     ]
     closed, refused = b.add_messages(msgs, ["a", "b", "c", "d"])
     assert closed == [] and refused == []
     (batch,) = b.flush()
     assert batch.id == "t-0-10-n4" and batch.count == batch.size == 4
+    assert batch.lane == ("t", 0, 0)
     assert batch.bodies() == [m.value() for m in msgs] and batch.nbytes == 40
     assert batch.keys == {b"k0", b"k1", b"k2"} and batch.first_keys() == [b"k0", b"k1", b"k2"]
-    assert batch.covered() == {("t", 0): [10, 12], ("t", 1): [11, 13]}
+    assert batch.covered() == {("t", 0): [10, 11, 12, 13]}
     batch.covers = batch.covered()
     batch.park()
     assert batch.count == 0 and batch.size == 4 and batch.parked == batch.covers
     assert repr(batch) == "Batch(id='t-0-10-n4', group='', records=4 parked, nbytes=0)"
-    assert [(r.partition, r.first, r.last) for r in batch.ranges()] == [(0, 10, 12), (1, 11, 13)]
+    assert [(r.partition, r.first, r.last) for r in batch.ranges()] == [(0, 10, 13)]
     fresh = batcher(max_records=10)
     fresh.add_messages(msgs, ["a", "b", "c", "d"])
     (other,) = fresh.flush()
@@ -242,3 +254,58 @@ def test_a_batch_of_messages_makes_records_only_when_asked() -> None:
         (13, "d", b'{"id":"d"}', b"k0"),
     ]
     assert other.count == 4 and other.bodies() == [m.value() for m in msgs]
+
+
+def test_a_batch_never_spans_partitions_or_lanes() -> None:
+    """Records of two partitions, or of keys in two lanes, never share a batch: a batch
+    that did would tie their keys' order together (issue 12)."""
+    b = batcher(max_records=100, lanes=4)
+    msgs = [
+        Message(topic="t", partition=i % 2, offset=i, key=f"k{i % 7}".encode(), value=b"{}")
+        for i in range(200)
+    ]
+    closed, _ = b.add_messages(msgs, list(range(200)))
+    batches = [*closed, *b.flush()]
+    assert sum(x.count for x in batches) == 200
+    for x in batches:
+        assert len(x.covered()) == 1  # one partition
+        lanes = {b.lane_of(r.topic, r.partition, r.key, r.offset) for r in x.records}
+        assert lanes == {x.lane}
+        offsets = [r.offset for r in x.records]
+        assert offsets == sorted(offsets)
+    # Each key lands in one lane, and 7 keys over 2 partitions use several of them.
+    assert len({x.lane for x in batches}) > 2
+
+
+def test_unkeyed_records_fill_lanes_by_runs() -> None:
+    """Records without a key need no order: runs of a batch's size go to one lane each,
+    so an unkeyed topic sends full batches in parallel rather than trickles."""
+    b = batcher(max_records=10, lanes=4)
+    msgs = [Message(topic="t", partition=0, offset=i, key=None, value=b"{}") for i in range(40)]
+    closed, _ = b.add_messages(msgs, list(range(40)))
+    assert [x.count for x in closed] == [10, 10, 10, 10]
+    assert len({x.lane for x in closed}) == 4
+
+
+def test_linger_waits_for_a_busy_lane_and_the_batch_keeps_filling() -> None:
+    clock = Clock()
+    b = batcher(clock, max_records=5, lanes=1)
+    for i in range(2):
+        add(b, rec(i, {"id": i}))
+    clock.now = 2.0
+    assert b.due(lambda lane: False) == []  # its lane is busy: it stays open
+    assert b.next_deadline() is None  # nothing left for a timer: the lane's answer is
+    add(b, rec(2, {"id": 2}))
+    (batch,) = b.due(lambda lane: True)
+    assert batch.count == 3
+
+
+def test_attribute_groups_of_one_lane_close_in_age_order() -> None:
+    """With attribute grouping a key's records may sit in two groups of one lane: the
+    older group's batch closes first, so its earlier records are sent first."""
+    b = batcher(max_records=2, group_of=grouping_function("attribute", "kind"),
+                keys_span_groups=True)  # fmt: skip
+    out = add(b, rec(0, {"id": 0, "kind": "a"}, key="k"))
+    out += add(b, rec(1, {"id": 1, "kind": "b"}, key="k"))
+    out += add(b, rec(2, {"id": 2, "kind": "b"}, key="k"))  # b is full: a goes first
+    assert [[r.offset for r in x.records] for x in out] == [[0], [1, 2]]

@@ -1,112 +1,199 @@
-"""Per-key order among batches in flight: the dispatcher, without Kafka or HTTP."""
+"""Order per key with parallelism: lanes, the concurrency limit and the pace, without
+Kafka or HTTP (sink/flow.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 
-from sink.config import Settings
-from sink.pipeline import Pipeline
+from confluent_kafka import Message
+
+from sink.batching import Batcher, grouping_function
+from sink.flow import Backpressure, ConcurrencyLimit, Dispatcher, Pace
 from sink.records import Batch, SinkRecord
 
 
 class HeldDelivery:
-    """Stands in for the HTTP side: each batch waits until the test releases it."""
+    """Stands in for the API: each batch waits until the test releases it. ``seen`` is
+    the order in which records reach the API (a batch's records at its start)."""
 
     def __init__(self) -> None:
-        self.started: list[str] = []
+        self.started: list[Batch] = []
+        self.seen: list[SinkRecord] = []
         self.gates: dict[str, asyncio.Event] = {}
+        self.most_in_flight = 0
+        self.in_flight = 0
 
-    async def deliver(self, batch: Batch, on_sent: Callable[[], None] = lambda: None) -> None:
-        self.started.append(batch.id)
+    async def deliver(self, batch: Batch, on_sent: Callable[[], None]) -> None:
+        self.started.append(batch)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
         gate = self.gates.setdefault(batch.id, asyncio.Event())
         await gate.wait()
+        self.seen.extend(batch.records)
+        self.in_flight -= 1
         on_sent()
 
-    def release(self, batch_id: str) -> None:
-        self.gates.setdefault(batch_id, asyncio.Event()).set()
+    def release(self, batch: Batch) -> None:
+        self.gates.setdefault(batch.id, asyncio.Event()).set()
+
+    def names(self) -> list[str]:
+        return [b.id for b in self.started]
 
 
-def batch(name: str, *keys: str) -> Batch:
-    records = [SinkRecord("t", 0, i, k.encode(), b"{}", None, 0) for i, k in enumerate(keys)]
-    return Batch(id=name, group="", records=records)
+def msgs(spec: list[tuple[int, str | None]], partition: int = 0) -> list[Message]:
+    """Messages at the given offsets with the given keys."""
+    return [
+        Message(topic="t", partition=partition, offset=o, key=k.encode() if k else None,
+                value=b'{"id":%d}' % o)
+        for o, k in spec
+    ]  # fmt: skip
 
 
-def pipeline(max_in_flight: int = 8) -> tuple[Pipeline, HeldDelivery]:
-    settings = Settings(
-        CLARI_ENTITY_TYPE="Account",
-        CLARI_API_TOKEN="t",
-        CLARI_PARTNER_KEY="p",
-        HTTP_MAX_IN_FLIGHT=max_in_flight,
-        CLARI_IS_LAST_BATCH="true",
+def dispatcher(
+    max_in_flight: int = 8, lanes: int = 64, batch_size: int = 2, rate: float = 1e6
+) -> tuple[Dispatcher, Batcher, HeldDelivery, list[Batch]]:
+    batcher = Batcher(
+        max_records=batch_size, max_bytes=1_000_000, linger_s=1000.0, group_of=None, lanes=lanes
     )
-    p = Pipeline(settings)
     held = HeldDelivery()
-    p.delivery = held  # type: ignore[assignment]
-    return p, held
+    finished: list[Batch] = []
+    limit = ConcurrencyLimit(max_in_flight)
+    limit.current = max_in_flight
+    flow = Dispatcher(
+        batcher, limit, Pace(rate), held.deliver, lambda b: None,
+        lambda b, t: finished.append(b),
+    )  # fmt: skip
+    return flow, batcher, held, finished
+
+
+def feed(flow: Dispatcher, batcher: Batcher, messages: list[Message]) -> None:
+    closed, refused = batcher.add_messages(messages, [m.offset() for m in messages])
+    assert refused == []
+    flow.add(closed)
+    flow.pump()
 
 
 async def settle() -> None:
-    for _ in range(5):
+    for _ in range(10):
         await asyncio.sleep(0)
 
 
-async def test_a_key_is_never_in_two_batches_in_flight_and_never_overtaken() -> None:
-    p, held = pipeline()
-    p.waiting.extend(
-        [
-            batch("b1", "A"),
-            batch("b2", "B"),
-            batch("b3", "A", "C"),
-            batch("b4", "C"),
-            batch("b5", "D"),
-        ]
-    )
-    p._pump()
+async def test_a_lane_sends_one_batch_at_a_time_in_order_and_other_lanes_flow() -> None:
+    flow, batcher, held, _ = dispatcher(lanes=64)
+    # Key A four times (two batches of its lane), keys B and C twice each.
+    feed(flow, batcher, msgs([(0, "A"), (1, "B"), (2, "A"), (3, "C"), (4, "B"), (5, "C"),
+                              (6, "A"), (7, "A")]))  # fmt: skip
     await settle()
-    # b3 waits for A; b4 must not overtake b3, with which it shares C; other keys flow.
-    assert held.started == ["b1", "b2", "b5"]
-    held.release("b1")
+    lane_of_a = batcher.lane_of("t", 0, b"A", 0)
+    first = [b for b in held.started if b.lane == lane_of_a]
+    assert len(first) == 1 and [r.offset for r in first[0].records] == [0, 2]
+    assert len(held.started) == 3  # A's first batch, B's and C's: three calls at once
+    held.release(first[0])
     await settle()
-    assert held.started == ["b1", "b2", "b5", "b3"]
-    held.release("b3")
-    await settle()
-    assert held.started[-1] == "b4"
-    for name in ("b2", "b4", "b5"):
-        held.release(name)
-    await settle()
-    assert not p.in_flight and p.tracker.unresolved() == 0
+    second = [b for b in held.started if b.lane == lane_of_a]
+    assert [[r.offset for r in b.records] for b in second] == [[0, 2], [6, 7]]
 
 
 async def test_capacity_follows_the_concurrency_limit() -> None:
-    p, held = pipeline(max_in_flight=2)
-    p.waiting.extend([batch(f"b{i}", f"k{i}") for i in range(5)])
-    p._pump()
+    flow, batcher, held, _ = dispatcher(max_in_flight=2, batch_size=1)
+    feed(flow, batcher, msgs([(i, f"k{i}") for i in range(5)]))
     await settle()
-    assert held.started == ["b0", "b1"]
-    p.limit.pushback()  # a 429: halve
-    held.release("b0")
+    assert len(held.started) == 2
+    flow.limit.pushback()  # a 429: halve
+    held.release(held.started[0])
     await settle()
-    assert held.started == ["b0", "b1"]  # one in flight is now the limit
-    held.release("b1")
+    assert len(held.started) == 2  # one in flight is now the limit
+    held.release(held.started[1])
     await settle()
-    assert held.started == ["b0", "b1", "b2"]
-    for i in range(2, 5):
-        held.release(f"b{i}")
-        await settle()
-    assert held.started == [f"b{i}" for i in range(5)]
+    assert len(held.started) == 3
+
+
+def test_the_limit_grows_while_batches_wait_for_a_slot_and_never_past_its_bound() -> None:
+    limit = ConcurrencyLimit(20)
+    assert limit.current == 8
+    for _ in range(100):
+        limit.wanted = True
+        limit.success()
+    assert limit.current == 20
+    limit.pushback()
+    assert limit.current == 10
+    limit.success()  # nothing waited for a slot: no growth
+    assert limit.current == 10
+
+
+async def test_the_pace_holds_batches_back_and_they_keep_filling() -> None:
+    flow, batcher, held, _ = dispatcher(batch_size=3, rate=20.0)  # 51 ms apart
+    batcher.linger_s = 0.0
+    feed(flow, batcher, msgs([(0, "A"), (1, "B")]))  # two lanes, both lingered at once
+    await settle()
+    assert len(held.started) == 1  # the second waits for the pace...
+    feed(flow, batcher, msgs([(2, "B")]))  # ...and takes this record meanwhile
+    await asyncio.sleep(0.08)
+    await settle()
+    assert len(held.started) == 2
+    assert [r.offset for r in held.started[1].records] in ([1, 2], [0])
 
 
 async def test_deactivated_sends_nothing() -> None:
-    p, held = pipeline()
-    p.set_active(False)
-    p.waiting.append(batch("b1", "A"))
-    p._pump()
+    flow, batcher, held, _ = dispatcher(batch_size=1)
+    flow.active = False
+    feed(flow, batcher, msgs([(0, "A")]))
     await settle()
     assert held.started == []
-    p.set_active(True)
-    p._pump()
+    flow.active = True
+    flow.pump()
     await settle()
-    assert held.started == ["b1"]
-    held.release("b1")
-    await settle()
+    assert len(held.started) == 1
+
+
+async def test_random_keys_answers_in_any_order_keep_every_key_in_offset_order() -> None:
+    """200 keys, a hot one, answers in random order: the API sees each key's records in
+    offset order, and many calls are in flight, not one."""
+    rng = random.Random(7)
+    flow, batcher, held, finished = dispatcher(max_in_flight=16, lanes=64, batch_size=10)
+    keys = [f"k{i}" for i in range(200)]
+    offset = {0: 0, 1: 0}
+    total = 0
+    for _ in range(30):
+        for partition in (0, 1):
+            spec = []
+            for _ in range(rng.randint(1, 80)):
+                key = "hot" if rng.random() < 0.2 else rng.choice(keys)
+                spec.append((offset[partition], key))
+                offset[partition] += 1
+            total += len(spec)
+            feed(flow, batcher, msgs(spec, partition))
+        await settle()
+        for batch in rng.sample(held.started, k=len(held.started) // 2):
+            held.release(batch)
+        await settle()
+    flow.add(batcher.flush())
+    while len(held.seen) < total:
+        flow.pump()
+        for batch in list(held.started):
+            held.release(batch)
+        await settle()
+    assert len(held.seen) == total and len(finished) == len(held.started)
+    last: dict[tuple[int, bytes | None], int] = {}
+    for m in held.seen:
+        key = (m.partition, m.key)
+        assert last.get(key, -1) < m.offset, f"{key} went out of order"
+        last[key] = m.offset
+    assert held.most_in_flight == 16
+
+
+def test_backpressure_pauses_only_the_partition_over_its_share() -> None:
+    bp = Backpressure(max_records=1000, max_bytes=10_000_000)
+    held = {("t", 0): 600, ("t", 1): 10}
+    assert bp.update(held, 0) == {("t", 0)}  # its share is 500: the other flows on
+    assert bp.update({("t", 0): 300, ("t", 1): 10}, 0) == {("t", 0)}  # not below half yet
+    assert bp.update({("t", 0): 200, ("t", 1): 10}, 0) == set()
+    assert bp.update({("t", 0): 1, ("t", 1): 1}, 20_000_000) == {("t", 0), ("t", 1)}
+
+
+def test_attribute_grouping_lanes_work_with_groups() -> None:
+    b = Batcher(max_records=2, max_bytes=10_000, linger_s=1.0, lanes=4,
+                group_of=grouping_function("key", None))  # fmt: skip
+    assert b.needs_data

@@ -183,25 +183,3 @@ def test_a_parked_batch_keeps_offsets_keys_and_count_not_records() -> None:
     again = batch({"id": "A"}, key="k9").records
     b.unpark(again)
     assert b.parked is None and b.size == 1 and b.nbytes == again[0].nbytes
-
-
-def test_revoking_partitions_keeps_the_rest_of_a_batch_parked_or_not() -> None:
-    from sink.pipeline import _without
-
-    def two_partitions() -> Batch:
-        b = batch({"id": "A"}, {"id": "B"}, {"id": "C"}, key="k1")
-        b.records[1].partition = 7
-        return b
-
-    live = two_partitions()
-    rest = _without(live, {("crm", 7)})
-    assert rest is not None and [r.offset for r in rest.records] == [40, 42]
-    assert rest.covers == {("crm", 2): [40, 42]}
-    assert rest.nbytes == live.records[0].nbytes + live.records[2].nbytes
-    parked = two_partitions()
-    parked.covers = parked.covered()  # fixed at dispatch, before a job parks it
-    parked.park()
-    rest = _without(parked, {("crm", 2)})
-    assert rest is not None and rest.records == [] and rest.parked == {("crm", 7): [41]}
-    assert rest.keys == {b"k1"} and rest.size == 1
-    assert _without(parked, {("crm", 2), ("crm", 7)}) is None

@@ -1,0 +1,293 @@
+"""Flow control: order per key without serialising the sink, concurrency, pace, backpressure.
+
+*Order.* Every batch belongs to one lane (a partition and a key's slot, see
+sink/batching.py). A lane has at most one batch being sent, and sends its batches in
+the order they closed, so every key reaches the API in offset order, through retries.
+Lanes are independent: a slow or hot key holds back only its own lane, and as many
+calls are in flight as there are lanes with work, up to the concurrency limit. (This
+is Confluent's Parallel Consumer's key order, with lanes so that calls stay full.)
+
+*Concurrency.* At most ``limit.current`` batches wait for the API's final answer. The
+limit starts at 8, grows by one for each call that succeeds while batches wait for a
+slot, and halves while the API pushes back (429, 503). It never passes
+HTTP_MAX_IN_FLIGHT. So at any latency the sink has enough calls in flight to reach the
+rate limit, and no more.
+
+*Pace.* A batch is cut and started only when the rate limit allows a call now: a batch
+that would wait for the rate keeps filling instead, so calls stay full when the rate,
+not the data, is the bound. (The HTTP client paces every call again, retries and job
+polls included; this pace only decides when to cut.)
+
+*Backpressure.* A partition is paused while its unresolved records pass its share of
+SINK_MAX_BUFFERED_RECORDS, so a hot key's partition stops without stopping the others;
+every partition is paused while the bytes held pass SINK_MAX_BUFFERED_BYTES.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+from sink.batching import Batcher
+from sink.records import Batch, Lane
+
+log = logging.getLogger(__name__)
+TP = tuple[str, int]
+
+Deliver = Callable[[Batch, Callable[[], None]], Coroutine[Any, Any, None]]
+
+
+class ConcurrencyLimit:
+    """Requests allowed in flight now: grown while batches wait for a slot, halved when
+    the API pushes back."""
+
+    INITIAL = 8
+    CALM_S = 30.0  # after a push-back, grow back one step per `current` successes
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.current = min(maximum, self.INITIAL)
+        self.wanted = False  # a batch waited for a slot since the last growth
+        self._credit = 0
+        self._last_cut = -1e9
+
+    def pushback(self) -> None:
+        now = time.monotonic()
+        if now - self._last_cut > 1.0:  # one cut per burst of 429s, not one per request
+            self.current = max(1, self.current // 2)
+            self._last_cut = now
+            self._credit = 0
+
+    def success(self) -> None:
+        if not self.wanted or self.current >= self.maximum:
+            return
+        self._credit += 1
+        calm = time.monotonic() - self._last_cut > self.CALM_S
+        if calm or self._credit >= self.current:
+            self.current += 1
+            self._credit = 0
+            self.wanted = False
+
+
+class Pace:
+    """When the next call may start: ``rate`` calls a second, evenly spaced (the same
+    spacing as sink.http_client.RateLimiter, which enforces it on every call)."""
+
+    MARGIN = 1.02
+
+    def __init__(self, rate: float) -> None:
+        self.spacing_s = self.MARGIN / rate
+        self._next = 0.0
+
+    def set_rate(self, rate: float) -> None:
+        self.spacing_s = self.MARGIN / rate
+
+    def wait_s(self, now: float) -> float:
+        return self._next - now
+
+    def burst(self, slots: int) -> int:
+        """How many of ``slots`` calls may start back to back: all of them where calls are
+        under a millisecond apart (the pace does not bind), else one."""
+        return slots if self.spacing_s < 0.001 else 1
+
+    def take(self, now: float) -> None:
+        self._next = max(self._next, now) + self.spacing_s
+
+
+class Dispatcher:
+    """Starts batches: one at a time per lane, in order, within the limit and the pace."""
+
+    def __init__(
+        self,
+        batcher: Batcher,
+        limit: ConcurrencyLimit,
+        pace: Pace,
+        deliver: Deliver,
+        prepare: Callable[[Batch], None],
+        finished: Callable[[Batch, asyncio.Task[None]], None],
+    ) -> None:
+        self.batcher = batcher
+        self.limit = limit
+        self.pace = pace
+        self._deliver = deliver
+        self._prepare = prepare  # fixes what depends on the moment of sending
+        self._finished = finished  # resolves the batch's offsets, or stops the sink
+        self.queues: dict[Lane, deque[Batch]] = {}  # closed batches waiting for their lane
+        self.ready: deque[Lane] = deque()  # idle lanes with a queued batch, oldest first
+        # Lanes with a batch waiting for its final answer, and that batch.
+        self.busy: dict[Lane, Batch] = {}
+        self.in_flight: dict[asyncio.Task[None], Batch] = {}
+        self.sending = 0
+        self.active = True
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- queueing ------------------------------------------------------------------------
+    def add(self, batches: Iterable[Batch]) -> None:
+        for batch in batches:
+            lane = batch.lane
+            assert lane is not None, "a batch gets its lane when it opens"
+            queue = self.queues.get(lane)
+            if queue is None:
+                queue = self.queues[lane] = deque()
+                if lane not in self.busy:
+                    self.ready.append(lane)
+            queue.append(batch)
+
+    def idle(self, lane: Lane) -> bool:
+        """Whether a lingered batch of ``lane`` may be cut now: nothing ahead of it."""
+        return lane not in self.busy and lane not in self.queues
+
+    @property
+    def waiting(self) -> int:
+        """Closed batches waiting for their lane or a slot."""
+        return sum(map(len, self.queues.values()))
+
+    def waiting_bytes(self) -> int:
+        return sum(b.nbytes for q in self.queues.values() for b in q)
+
+    # -- starting ------------------------------------------------------------------------
+    def pump(self) -> None:
+        """Start what may start: queued batches of idle lanes first (oldest lane first),
+        then lingered open batches of idle lanes."""
+        if not self.active:
+            return
+        cut: deque[Batch] = deque()
+        asked = False
+        while self.sending < self.limit.current:
+            now = time.monotonic()
+            wait = self.pace.wait_s(now)
+            if wait > 0:
+                if self.ready or cut or self.batcher.lingering():
+                    self._wake_in(wait)
+                break
+            if self.ready:
+                lane = self.ready.popleft()
+                queue = self.queues[lane]
+                batch = queue.popleft()
+                if not queue:
+                    del self.queues[lane]
+            else:
+                if not cut and not asked:
+                    # Cut no more than may start now: at most one while the pace binds
+                    # (a batch cut too early would stop filling while it waits).
+                    slots = self.limit.current - self.sending
+                    cut.extend(self.batcher.due(self.idle, self.pace.burst(slots)))
+                    asked = True
+                if not cut:
+                    break
+                batch = cut.popleft()
+                assert batch.lane is not None
+                if not self.idle(batch.lane):  # two groups of one lane lingered together
+                    self.add([batch])
+                    continue
+            self._start(batch, now)
+        else:
+            if self.ready or self.batcher.lingering():
+                self.limit.wanted = True  # work waits for a slot: let the limit grow
+        self.add(cut)  # cut, then held back by the pace: first in their lanes
+
+    def _wake_in(self, seconds: float) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(seconds, self._wake)
+
+    def _wake(self) -> None:
+        self._timer = None
+        self.pump()
+
+    def _start(self, batch: Batch, now: float) -> None:
+        lane = batch.lane
+        assert lane is not None
+        self.busy[lane] = batch
+        self.sending += 1
+        self.pace.take(now)
+        self._prepare(batch)
+        task = asyncio.create_task(
+            self._deliver(batch, lambda: self._sent(batch)), name=f"deliver {batch.id}"
+        )
+        self.in_flight[task] = batch
+        task.add_done_callback(self._done)
+
+    def _sent(self, batch: Batch) -> None:
+        """The API's final answer is in: the lane and the slot are free for the next
+        batches, while the answer is published and the offsets wait for that."""
+        lane = batch.lane
+        assert lane is not None
+        # Called again when the task ends, maybe after the lane's next batch started.
+        if self.busy.get(lane) is not batch:
+            return
+        del self.busy[lane]
+        self.sending -= 1
+        if lane in self.queues:
+            self.ready.append(lane)
+        self.pump()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        batch = self.in_flight.pop(task, None)
+        if batch is None:
+            return
+        self._sent(batch)
+        self._finished(batch, task)
+
+    # -- rebalances and stopping -------------------------------------------------------
+    def drop(self, tps: set[TP]) -> list[asyncio.Task[None]]:
+        """Forget queued batches of ``tps``; return the tasks of theirs in flight."""
+        for lane in [lane for lane in self.queues if lane[:2] in tps]:
+            del self.queues[lane]
+        self.ready = deque(lane for lane in self.ready if lane[:2] not in tps)
+        return [t for t, b in self.in_flight.items() if b.lane is not None and b.lane[:2] in tps]
+
+    def stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def parked(self) -> dict[TP, int]:
+        """Records of bulk jobs in progress, dropped from memory (see sink/replay.py)."""
+        out: dict[TP, int] = {}
+        for batch in self.in_flight.values():
+            if batch.parked is not None:
+                for tp, offs in batch.parked.items():
+                    out[tp] = out.get(tp, 0) + len(offs)
+        return out
+
+
+class Backpressure:
+    """Which partitions to pause: those over their share of the records that may be
+    held, released below half of it; all of them while the bytes held are over the cap."""
+
+    def __init__(self, max_records: int, max_bytes: int) -> None:
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.full: set[TP] = set()
+        self.bytes_full = False
+
+    def update(self, unresolved: dict[TP, int], nbytes: int) -> set[TP]:
+        share = max(1, self.max_records // max(1, len(unresolved)))
+        before = bool(self.full) or self.bytes_full
+        for tp, held in unresolved.items():
+            if held >= share:
+                self.full.add(tp)
+            elif held < share // 2:
+                self.full.discard(tp)
+        self.full.intersection_update(unresolved)
+        if nbytes >= self.max_bytes:
+            self.bytes_full = True
+        elif nbytes < self.max_bytes // 2:
+            self.bytes_full = False
+        paused = set(unresolved) if self.bytes_full else set(self.full)
+        if bool(paused) != before:
+            held_total = sum(unresolved.values())
+            if paused:
+                log.info(
+                    "backpressure: pausing %d partition(s) (%d records, %d bytes held)",
+                    len(paused),
+                    held_total,
+                    nbytes,
+                )
+            else:
+                log.info("backpressure released: resuming partitions")
+        return paused

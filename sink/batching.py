@@ -25,6 +25,7 @@ from zlib import crc32
 
 from confluent_kafka import Message
 
+from sink.config import Settings
 from sink.decoding import RecordError, lookup, record_id
 from sink.records import BODY_OF, Batch, Lane, Offsets, SinkRecord, message_record
 
@@ -124,6 +125,18 @@ class Batcher:
         self._open: dict[_Slot, _Open] = {}  # insertion order = age order
         self.buffered_records = 0
         self.buffered_bytes = 0
+
+    @classmethod
+    def for_settings(cls, s: Settings) -> Batcher:
+        return cls(
+            max_records=s.effective_batch_size,
+            max_bytes=s.batch_max_bytes,
+            linger_s=s.batch_linger_ms / 1000,
+            group_of=grouping_function(s.batch_grouping, s.batch_group_attribute),
+            id_field=s.clari_id_field,
+            lanes=s.lanes_per_partition,
+            keys_span_groups=s.batch_grouping == "attribute",
+        )
 
     @property
     def needs_data(self) -> bool:
@@ -322,17 +335,42 @@ class Batcher:
         self, may_send: Callable[[Lane], bool] | None = None, limit: int | None = None
     ) -> list[Batch]:
         """Batches that have lingered ``linger_s``, oldest first, of lanes that
-        ``may_send`` now (every lane if None); at most ``limit``."""
+        ``may_send`` now (every lane if None); at most ``limit``. With arrival-order
+        batching, lingered batches of one partition are merged while they fit: thin
+        traffic spread over many lanes still makes full calls (the merged call holds all
+        their lanes while it is sent)."""
         now = self.clock()
-        ready: list[_Slot] = []
+        picked: list[_Slot] = []
         for slot, opened in self._open.items():  # oldest first
             if now - opened.batch.opened_at < self.linger_s:
                 break
             if may_send is None or may_send(slot[0]):
-                ready.append(slot)
-                if limit is not None and len(ready) >= limit:
-                    break
-        return [self._close(s) for s in ready]
+                picked.append(slot)
+        calls: list[Batch] = []
+        into: dict[tuple[str, int], tuple[Batch, set[Any]]] = {}
+        for slot in picked:
+            opened = self._open[slot]
+            tp = slot[0][:2]
+            call = into.get(tp) if self.group_of is None else None
+            if call is not None and self._fits(call[0], opened, call[1]):
+                batch, ids = call
+                ids.update(opened.ids)
+                batch.absorb(self._close(slot))
+                batch.id = _name(batch)
+            elif limit is None or len(calls) < limit:
+                ids = set(opened.ids)
+                batch = self._close(slot)
+                calls.append(batch)
+                into[tp] = (batch, ids)
+        return calls
+
+    def _fits(self, batch: Batch, opened: _Open, ids: set[Any]) -> bool:
+        more = opened.batch
+        return (
+            batch.count + more.count <= self.max_records
+            and batch.nbytes + more.nbytes <= self.max_bytes
+            and ids.isdisjoint(opened.ids)
+        )
 
     def flush(self, keep: Callable[[Batch], bool] | None = None) -> list[Batch]:
         """Close every open batch (or those ``keep`` selects) regardless of linger."""
@@ -371,7 +409,7 @@ class Batcher:
 
     def _new(self, slot: _Slot) -> _Open:
         opened = _Open(Batch(id="", group=slot[1], opened_at=self.clock()))
-        opened.batch.lane = slot[0]
+        opened.batch.lanes = (slot[0],)
         self._open[slot] = opened
         return opened
 
@@ -391,13 +429,17 @@ class Batcher:
     def _close(self, slot: _Slot) -> Batch:
         opened = self._open.pop(slot)
         batch = opened.batch
-        first = batch.first_record()
-        assert first is not None, "a batch is opened by its first record"
-        # Named after its first record: a reader can find it in Kafka from the id alone.
-        batch.id = f"{first.topic}-{first.partition}-{first.offset}-n{batch.count}"
+        batch.id = _name(batch)
         self.buffered_records -= batch.count
         self.buffered_bytes -= batch.nbytes
         return batch
+
+
+def _name(batch: Batch) -> str:
+    """Named after its first record: a reader can find it in Kafka from the id alone."""
+    first = batch.first_record()
+    assert first is not None, "a batch is opened by its first record"
+    return f"{first.topic}-{first.partition}-{first.offset}-n{batch.count}"
 
 
 _REC_TOPIC, _REC_PARTITION = attrgetter("topic"), attrgetter("partition")

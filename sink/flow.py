@@ -33,6 +33,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from sink.batching import Batcher
+from sink.consumer import KafkaSource
 from sink.records import Batch, Lane
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,8 @@ class Dispatcher:
     def add(self, batches: Iterable[Batch]) -> None:
         for batch in batches:
             lane = batch.lane
-            assert lane is not None, "a batch gets its lane when it opens"
+            # Merged batches (several lanes) are only ever cut to start at once.
+            assert lane is not None and len(batch.lanes) == 1, "one lane to queue in"
             queue = self.queues.get(lane)
             if queue is None:
                 queue = self.queues[lane] = deque()
@@ -146,8 +148,10 @@ class Dispatcher:
         """Closed batches waiting for their lane or a slot."""
         return sum(map(len, self.queues.values()))
 
-    def waiting_bytes(self) -> int:
-        return sum(b.nbytes for q in self.queues.values() for b in q)
+    def held_bytes(self) -> int:
+        """Bytes of the batches waiting and in flight."""
+        waiting = sum(b.nbytes for q in self.queues.values() for b in q)
+        return waiting + sum(b.nbytes for b in self.in_flight.values())
 
     # -- starting ------------------------------------------------------------------------
     def pump(self) -> None:
@@ -173,22 +177,28 @@ class Dispatcher:
             else:
                 if not cut and not asked:
                     # Cut no more than may start now: at most one while the pace binds
-                    # (a batch cut too early would stop filling while it waits).
+                    # (a batch cut too early would stop filling while it waits); those
+                    # cut all start, whatever the pace says meanwhile.
                     slots = self.limit.current - self.sending
                     cut.extend(self.batcher.due(self.idle, self.pace.burst(slots)))
                     asked = True
                 if not cut:
                     break
                 batch = cut.popleft()
-                assert batch.lane is not None
-                if not self.idle(batch.lane):  # two groups of one lane lingered together
+                if not all(map(self.idle, batch.lanes)):  # two groups of one lane lingered
                     self.add([batch])
                     continue
             self._start(batch, now)
+            while cut and self.sending < self.limit.current:
+                batch = cut.popleft()
+                if all(map(self.idle, batch.lanes)):
+                    self._start(batch, now)
+                else:
+                    self.add([batch])
         else:
             if self.ready or self.batcher.lingering():
                 self.limit.wanted = True  # work waits for a slot: let the limit grow
-        self.add(cut)  # cut, then held back by the pace: first in their lanes
+        self.add(cut)  # cut, then no slot left: first in their lanes
 
     def _wake_in(self, seconds: float) -> None:
         if self._timer is None:
@@ -199,9 +209,8 @@ class Dispatcher:
         self.pump()
 
     def _start(self, batch: Batch, now: float) -> None:
-        lane = batch.lane
-        assert lane is not None
-        self.busy[lane] = batch
+        for lane in batch.lanes:
+            self.busy[lane] = batch
         self.sending += 1
         self.pace.take(now)
         self._prepare(batch)
@@ -214,15 +223,14 @@ class Dispatcher:
     def _sent(self, batch: Batch) -> None:
         """The API's final answer is in: the lane and the slot are free for the next
         batches, while the answer is published and the offsets wait for that."""
-        lane = batch.lane
-        assert lane is not None
         # Called again when the task ends, maybe after the lane's next batch started.
-        if self.busy.get(lane) is not batch:
+        if self.busy.get(batch.lanes[0]) is not batch:
             return
-        del self.busy[lane]
+        for lane in batch.lanes:
+            del self.busy[lane]
+            if lane in self.queues:
+                self.ready.append(lane)
         self.sending -= 1
-        if lane in self.queues:
-            self.ready.append(lane)
         self.pump()
 
     def _done(self, task: asyncio.Task[None]) -> None:
@@ -240,10 +248,32 @@ class Dispatcher:
         self.ready = deque(lane for lane in self.ready if lane[:2] not in tps)
         return [t for t, b in self.in_flight.items() if b.lane is not None and b.lane[:2] in tps]
 
-    def stop_timer(self) -> None:
+    async def finish(
+        self, deadline: float, others: set[asyncio.Task[None]], failed: Callable[[], bool]
+    ) -> list[asyncio.Task[None]]:
+        """Send what is queued (if active) and let deliveries and ``others`` end, until
+        ``deadline`` (monotonic) or ``failed()``; cancel what is left and return it."""
+        while (self.in_flight or others or (self.queues and self.active)) and (
+            not failed() and time.monotonic() < deadline
+        ):
+            self.pump()
+            pending = set(self.in_flight) | others
+            if pending:
+                await asyncio.wait(
+                    pending,
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            else:  # waiting for the pace only
+                await asyncio.sleep(max(0.001, self.pace.wait_s(time.monotonic())))
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        abandoned = [*self.in_flight, *others]
+        for task in abandoned:
+            task.cancel()
+        await asyncio.gather(*abandoned, return_exceptions=True)
+        return abandoned
 
     def parked(self) -> dict[TP, int]:
         """Records of bulk jobs in progress, dropped from memory (see sink/replay.py)."""
@@ -290,4 +320,15 @@ class Backpressure:
                 )
             else:
                 log.info("backpressure released: resuming partitions")
+        return paused
+
+    async def apply(
+        self, source: KafkaSource, held: dict[TP, int], nbytes: int, active: bool
+    ) -> set[TP]:
+        """Pause and resume ``source``'s partitions as ``update`` (or inactivity) says."""
+        paused = self.update(held, nbytes) if active else set(source.assignment)
+        source.pause_new = not active or self.bytes_full
+        await source.pause(paused)
+        if resume := source.paused - paused:
+            await source.resume(list(resume))
         return paused

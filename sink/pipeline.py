@@ -11,27 +11,30 @@ import contextlib
 import logging
 import signal
 import time
-from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, KafkaError
 
 from sink.avro import registry_for
-from sink.batching import Batcher, grouping_function
+from sink.batching import Batcher
+from sink.committer import Committer
 from sink.config import Settings
-from sink.consumer import TP, KafkaSource, consumer_config
+from sink.consumer import KafkaSource, consumer_config
 from sink.decoding import Shaper
 from sink.delivery import Delivery
 from sink.endpoint import EndpointBuilder
 from sink.flow import Backpressure, ConcurrencyLimit, Dispatcher, Pace
 from sink.health import Health
 from sink.http_client import HttpClient
+from sink.intake import Intake
+from sink.last_batch import LastBatch
 from sink.metrics import Metrics
 from sink.offsets import OffsetTracker
 from sink.producer import AsyncProducer
 from sink.rate_share import RateShare
-from sink.records import Batch, SinkRecord, message_offsets
+from sink.rebalance import Rebalance
+from sink.records import Batch
 from sink.rejects import Rejects
 from sink.replay import Replayer, ReplayError
 from sink.reporting import Reporter
@@ -54,15 +57,7 @@ class Pipeline:
             decode=self.registry.decode if self.registry is not None else None,
         )
         self.builder = EndpointBuilder(settings)
-        self.batcher = Batcher(
-            max_records=settings.effective_batch_size,
-            max_bytes=settings.batch_max_bytes,
-            linger_s=settings.batch_linger_ms / 1000,
-            group_of=grouping_function(settings.batch_grouping, settings.batch_group_attribute),
-            id_field=settings.clari_id_field,
-            lanes=settings.lanes_per_partition,
-            keys_span_groups=settings.batch_grouping == "attribute",
-        )
+        self.batcher = Batcher.for_settings(settings)
         self.limit = ConcurrencyLimit(settings.http_max_in_flight)
         self.pace = Pace(settings.http_rate_limit)
         self.flow = Dispatcher(
@@ -71,12 +66,19 @@ class Pipeline:
         self.backpressure = Backpressure(settings.max_buffered_records, settings.max_buffered_bytes)
         self.rejects = Rejects(settings.null_values, self.tracker, self.metrics, self._fail)
         self.rate = RateShare(settings.http_rate_limit, settings.http_rate_sharing, self._set_rate)
+        self.intake = Intake(
+            self.tracker, self.shaper, self.batcher, self.flow, self.rejects, self.metrics,
+            self.health,
+        )  # fmt: skip
+        self.last_batch = LastBatch(
+            settings.clari_is_last_batch, self.batcher, self.flow, self.tracker
+        )
         self.flow.active = self.active = settings.active
-        self.consumed = 0
         self._stop = asyncio.Event()
         self._fatal: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.source: KafkaSource | None = None
+        self.committer: Committer | None = None
         self.http: HttpClient | None = None
         self.delivery: Delivery | None = None
         self.metrics.active.set(1 if self.active else 0)
@@ -114,6 +116,8 @@ class Pipeline:
         )
         self.rejects.reporter = reporter
         self.source = KafkaSource(self.s, self._on_kafka_error)
+        self.committer = Committer(self.source, self.tracker, self.metrics, self.health)
+        self.last_batch.source = self.source
         self.source.pause_new = not self.active
         s = self.s
         async with HttpClient(s.http_timeout_s, s.http_rate_limit, s.http_max_in_flight) as http:
@@ -123,7 +127,10 @@ class Pipeline:
                 on_pushback=self.limit.pushback, on_success=self.limit.success,
                 replayer=Replayer(s, self.shaper),
             )  # fmt: skip
-            self.source.subscribe(self._on_assign, self._on_revoke, self._on_lost)
+            Rebalance(
+                self.source, self._loop, self.tracker, self.batcher, self.flow, self.rejects,
+                self.rate, s.shutdown_timeout_s,
+            ).subscribe()  # fmt: skip
             log.info(
                 "sink started",
                 extra={"topics": s.kafka_topics, "group": s.kafka_group_id,
@@ -147,7 +154,7 @@ class Pipeline:
             msgs = await self.source.consume(CONSUME_BATCH, self._poll_timeout())
             if self.registry is not None and msgs:
                 msgs = await with_schemas(self.registry, self.source, msgs, self.health, self._stop)
-            self._handle(msgs)
+            self.intake.handle(msgs)
             if self._fatal is not None:
                 return
             self.flow.pump()
@@ -175,30 +182,15 @@ class Pipeline:
         if self._fatal is None and self.active:
             # Send what is buffered, then let in-flight deliveries finish within the deadline.
             self.flow.add(self.batcher.flush())
-        while (self.in_flight or self.rejects.tasks or (self.flow.queues and self.active)) and (
-            self._fatal is None and time.monotonic() < deadline
-        ):
-            self.flow.pump()
-            pending = set(self.in_flight) | self.rejects.tasks
-            if pending:
-                await asyncio.wait(
-                    pending,
-                    timeout=max(0.0, deadline - time.monotonic()),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-            else:  # waiting for the pace only
-                await asyncio.sleep(max(0.001, self.pace.wait_s(time.monotonic())))
-        self.flow.stop_timer()
-        abandoned = [*self.in_flight, *self.rejects.tasks]
-        for task in abandoned:
-            task.cancel()
+        abandoned = await self.flow.finish(
+            deadline, self.rejects.tasks, lambda: self._fatal is not None
+        )
         if abandoned:
             log.warning(
                 "%d deliveries did not finish in time; their records stay "
                 "uncommitted and will be consumed again",
                 len(abandoned),
             )
-            await asyncio.gather(*abandoned, return_exceptions=True)
         if self._fatal is None:
             await self.commit()
         self.update_gauges()
@@ -208,52 +200,13 @@ class Pipeline:
         producer.close()
         log.info("sink stopped", extra={"consumed": self.consumed})
 
+    @property
+    def consumed(self) -> int:
+        return self.intake.consumed
+
     def _fail(self, exc: BaseException) -> None:
         self._fatal = exc
         self._stop.set()
-
-    # ------------------------------------------------------------------ per record
-    def _handle(self, msgs: list[Message]) -> None:
-        """The per-record hot path: track, shape, batch. Each step takes the whole poll,
-        so that per-record work happens in C where it can (measured in bench/run.py)."""
-        if not msgs:
-            return
-        if any(map(Message.error, msgs)):
-            for msg in msgs:
-                err = msg.error()
-                if err is not None and err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error: %s", err)
-            msgs = [m for m in msgs if m.error() is None]
-        # Tracked per partition once per poll; nothing resolves before this (deliveries
-        # start later, and rejections are handled below).
-        offsets = message_offsets(msgs)
-        per_topic: Counter[str] = Counter()
-        for tp, offs in offsets.items():
-            self.tracker.track_many(tp, offs)
-            per_topic[tp[0]] += len(offs)
-        # A JSON record sent as it is in arrival-order batches needs only checking and its
-        # id, and travels as the consumed message itself; otherwise it is decoded (and
-        # shaped, when attributes are dropped) into a SinkRecord.
-        probed = None
-        if not self.batcher.needs_data:
-            probed = self.shaper.probe_messages(msgs, self.batcher.id_field)
-        if probed is not None:
-            passed, rids, rejected = probed
-            # The poll's offsets are those of the messages that passed if none was refused.
-            known = offsets if len(passed) == len(msgs) else None
-            closed, refused = self.batcher.add_messages(passed, rids, known)
-        else:
-            consumed = list(map(SinkRecord.from_message, msgs))
-            shaped, datas, rejected = self.shaper.shape_many(consumed)
-            closed, refused = self.batcher.add_many(shaped, datas)
-        self.flow.add(closed)
-        for record, error in rejected + refused:
-            self.rejects.reject(record, error)
-        for topic, count in per_topic.items():
-            self.consumed += count
-            self.metrics.consumed.labels(topic=topic).inc(count)
-        if per_topic:
-            self.health.clear("kafka")
 
     # ------------------------------------------------------------------ dispatch
     def _deliver(self, batch: Batch, on_sent: Callable[[], None]) -> Coroutine[Any, Any, None]:
@@ -263,7 +216,7 @@ class Pipeline:
     def _prepare(self, batch: Batch) -> None:
         """What depends on the moment a batch is sent."""
         self.metrics.batch_records.observe(batch.count)
-        batch.is_last = self._is_last_batch()
+        batch.is_last = self.last_batch.now()
         batch.covers = batch.covered()
 
     def _finished(self, batch: Batch, task: asyncio.Task[None]) -> None:
@@ -283,104 +236,19 @@ class Pipeline:
         for tp, offsets in batch.covers.items():
             self.tracker.resolve_many(tp, offsets)
 
-    def _is_last_batch(self) -> bool:
-        setting = self.s.clari_is_last_batch
-        if setting != "auto":
-            return setting == "true"
-        # Auto: true only for the call that catches up with the end of every assigned partition.
-        if self.batcher.open_batches or self.flow.queues:
-            return False
-        assert self.source is not None
-        for tp in self.source.assignment:
-            high = self.source.cached_high_watermark(tp)
-            if high is not None and high > 0 and self.tracker.consumed_to(tp) < high:
-                return False
-        return True
-
     # ------------------------------------------------------------------ offsets
     async def commit(self) -> None:
-        assert self.source is not None
-        owned = self.source.assignment
-        positions = {tp: pos for tp, pos in self.tracker.committable().items() if tp in owned}
-        if not positions:
-            return
-        try:
-            await self.source.commit(positions)
-        except Exception as exc:  # KafkaException: retried at the next interval
-            self.metrics.commits.labels(result="error").inc()
-            log.warning("offset commit failed (will retry): %s", exc)
-            return
-        self.tracker.mark_committed(positions)
-        self.metrics.commits.labels(result="ok").inc()
-        self.health.clear("kafka")
+        if self.committer is not None:
+            await self.committer.commit()
 
     async def drained(self) -> bool:
         """Every assigned partition is consumed to its end, resolved and committed."""
-        assert self.source is not None
+        assert self.committer is not None
         if self.flow.queues or self.in_flight or self.rejects.tasks or self.batcher.open_batches:
             self.flow.add(self.batcher.flush())
             self.flow.pump()
             return False
-        tps = sorted(self.source.assignment)
-        if not tps or self.tracker.unresolved():
-            return False
-        await self.commit()
-        ends = await self.source.end_offsets(tps)
-        committed = await self.source.committed(tps)
-        return all(committed.get(tp, -1) >= high or high == low for tp, (low, high) in ends.items())
-
-    # ------------------------------------------------------------------ rebalance
-    # The callbacks run on the Kafka thread, inside consume(): they may block while the
-    # event loop finishes the partitions' work.
-    def _on_assign(self, tps: list[TP]) -> None:
-        log.info("partitions assigned: %s", _fmt(tps))
-        assert self.source is not None
-        self._share_rate(self.source.partition_total())
-
-    def _on_revoke(self, tps: list[TP]) -> None:
-        """Finish the revoked partitions' work, commit, let go."""
-        log.info("partitions revoked: %s", _fmt(tps))
-        assert self.source is not None
-        self._share_rate(None, len(self.source.assignment) - len(set(tps)))
-        self._release_blocking(tps, wait=True, timeout_s=self.s.shutdown_timeout_s + 5)
-        positions = self.tracker.positions(tps)
-        try:
-            self.source.commit_now(positions)
-            self.tracker.mark_committed(positions)
-        except Exception as exc:
-            log.warning("commit on revoke failed: %s", exc)
-        self.tracker.forget(tps)
-
-    def _on_lost(self, tps: list[TP]) -> None:
-        log.warning("partitions lost (group membership expired): %s", _fmt(tps))
-        self._release_blocking(tps, wait=False, timeout_s=30)
-        self.tracker.forget(tps)
-
-    def _release_blocking(self, tps: list[TP], wait: bool, timeout_s: float) -> None:
-        assert self._loop is not None
-        future = asyncio.run_coroutine_threadsafe(self._release(set(tps), wait), self._loop)
-        try:
-            future.result(timeout=timeout_s)
-        except Exception as exc:
-            log.error("releasing partitions failed: %s", exc)
-
-    async def _release(self, tps: set[TP], wait: bool) -> None:
-        """Drop what is buffered for ``tps``; let their in-flight batches finish (or cancel).
-        A batch never spans partitions, so nothing of the kept partitions is touched."""
-        self.batcher.drop(tps)
-        touching = self.flow.drop(tps)
-        if wait and touching:
-            await asyncio.wait(touching, timeout=self.s.shutdown_timeout_s)
-        for task in touching:
-            task.cancel()
-        await asyncio.gather(*touching, return_exceptions=True)
-        for task in [t for t in self.rejects.tasks if not t.done()]:
-            await asyncio.wait([task], timeout=5)
-
-    def _share_rate(self, partitions_total: int | None, assigned: int | None = None) -> None:
-        assert self.source is not None
-        owned = len(self.source.assignment) if assigned is None else assigned
-        self.rate.update(owned, partitions_total)
+        return await self.committer.all_committed()
 
     def _set_rate(self, rate: float) -> None:
         self.pace.set_rate(rate)
@@ -392,22 +260,10 @@ class Pipeline:
     async def _apply_backpressure(self) -> None:
         assert self.source is not None
         parked = self.flow.parked()  # records of bulk jobs in progress: not in memory
-        held = {
-            tp: self.tracker.unresolved(tp) - parked.get(tp, 0) for tp in self.source.assignment
-        }
-        nbytes = (
-            self.batcher.buffered_bytes
-            + self.flow.waiting_bytes()
-            + sum(b.nbytes for b in self.in_flight.values())
-        )
-        paused = (
-            self.source.assignment if not self.active else self.backpressure.update(held, nbytes)
-        )
-        self.source.pause_new = not self.active or self.backpressure.bytes_full
+        held = {t: self.tracker.unresolved(t) - parked.get(t, 0) for t in self.source.assignment}
+        nbytes = self.batcher.buffered_bytes + self.flow.held_bytes()
+        paused = await self.backpressure.apply(self.source, held, nbytes, self.active)
         self.metrics.paused_partitions.set(len(paused) if self.active else 0)
-        await self.source.pause(paused)
-        if resume := self.source.paused - set(paused):
-            await self.source.resume(list(resume))
 
     # ------------------------------------------------------------------ activation
     def set_active(self, active: bool) -> None:
@@ -441,8 +297,3 @@ class Pipeline:
         if err.fatal() and self._loop is not None:
             self._fatal = RuntimeError(f"fatal Kafka error: {err}")
             self._loop.call_soon_threadsafe(self._stop.set)
-
-
-def _fmt(tps: Iterable[TP]) -> str:
-    # Cooperative rebalancing has rounds that assign nothing: say so rather than print "".
-    return ", ".join(f"{t}[{p}]" for t, p in sorted(tps)) or "(none)"

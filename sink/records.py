@@ -149,7 +149,7 @@ class Batch:
         "id",
         "is_last",
         "key_set",
-        "lane",
+        "lanes",
         "nbytes",
         "offsets",
         "opened_at",
@@ -171,7 +171,9 @@ class Batch:
         self.nbytes = nbytes
         self.opened_at = time.monotonic() if opened_at is None else opened_at
         self.is_last = True  # isLastBatch, fixed when the batch is dispatched
-        self.lane: Lane | None = None  # where it waits its turn (sink/flow.py)
+        # Where it waits its turn (sink/flow.py): its lane, or the lanes of the lingered
+        # batches it was merged from, all held while it is sent.
+        self.lanes: tuple[Lane, ...] = ()
         # Set while the records are dropped from memory (a bulk job runs with Clari
         # holding the file): where to read them again from Kafka.
         self.parked: Offsets | None = None
@@ -263,6 +265,28 @@ class Batch:
                 held[tp].extend(offs)
             else:
                 held[tp] = offs
+
+    @property
+    def lane(self) -> Lane | None:
+        return self.lanes[0] if self.lanes else None
+
+    def absorb(self, other: Batch) -> None:
+        """Take ``other``'s records after this batch's own (a lingered batch of another
+        lane of the same partition, merged so that thin traffic makes full calls). Each
+        partition's offsets stay ascending, as the offset tracker needs."""
+        offsets = self.held_offsets()
+        for tp, offs in other.held_offsets().items():
+            offsets[tp] = sorted([*offsets.get(tp, ()), *offs])
+        msgs, rids = self._messages, self._rids
+        if msgs is not None and rids is not None and other._messages is not None:
+            msgs.extend(other._messages)
+            rids.extend(other._rids or ())
+        else:
+            self._records = [*self.records, *other.records]
+        self.offsets = offsets
+        self.nbytes += other.nbytes
+        self.lanes = (*self.lanes, *other.lanes)
+        self.key_set = self.shown_keys = None
 
     def extend(self, records: list[SinkRecord], nbytes: int) -> None:
         """Add records (``nbytes`` their bodies' size); their keys and offsets are found

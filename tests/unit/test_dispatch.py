@@ -126,14 +126,39 @@ def test_the_limit_grows_while_batches_wait_for_a_slot_and_never_past_its_bound(
 async def test_the_pace_holds_batches_back_and_they_keep_filling() -> None:
     flow, batcher, held, _ = dispatcher(batch_size=3, rate=20.0)  # 51 ms apart
     batcher.linger_s = 0.0
-    feed(flow, batcher, msgs([(0, "A"), (1, "B")]))  # two lanes, both lingered at once
+    feed(flow, batcher, msgs([(0, "A")], partition=0) + msgs([(1, "B")], partition=1))
     await settle()
     assert len(held.started) == 1  # the second waits for the pace...
-    feed(flow, batcher, msgs([(2, "B")]))  # ...and takes this record meanwhile
+    feed(flow, batcher, msgs([(2, "B")], partition=1))  # ...and takes this record meanwhile
     await asyncio.sleep(0.08)
     await settle()
+    assert [[r.offset for r in b.records] for b in held.started] == [[0], [1, 2]]
+
+
+async def test_lingered_batches_of_one_partition_merge_into_full_calls() -> None:
+    """Thin traffic over many keys: each lane holds a record or two when the linger
+    passes; they leave as one call per partition, holding all their lanes meanwhile."""
+    flow, batcher, held, _ = dispatcher(batch_size=100, lanes=64)
+    batcher.linger_s = 0.0
+    feed(flow, batcher, msgs([(i, f"key{i}") for i in range(150)]))
+    await settle()
+    first, second = held.started  # whole lanes, as many as fit in 100 records
+    assert first.count >= 95 and first.count + second.count == 150
+    assert not set(first.lanes) & set(second.lanes)
+    assert len(first.lanes) + len(second.lanes) == len({batcher.lane_of("t", 0, b"key%d" % i, i)
+                                                         for i in range(150)})  # fmt: skip
+    offsets = [r.offset for r in first.records]
+    assert first.covered() == {("t", 0): sorted(offsets)}  # ascending, as the tracker needs
+    feed(flow, batcher, msgs([(150, "key0")]))  # its lane waits for the first call's answer
+    await settle()
     assert len(held.started) == 2
-    assert [r.offset for r in held.started[1].records] in ([1, 2], [0])
+    held.release(first)
+    held.release(second)
+    await settle()
+    batcher.linger_s = 0.0
+    flow.pump()
+    await settle()
+    assert [r.offset for r in held.started[-1].records] == [150]
 
 
 async def test_deactivated_sends_nothing() -> None:

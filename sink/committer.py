@@ -1,0 +1,47 @@
+"""Committing what the offset tracker allows, and telling when a load is all committed."""
+
+from __future__ import annotations
+
+import logging
+
+from sink.consumer import KafkaSource
+from sink.health import Health
+from sink.metrics import Metrics
+from sink.offsets import OffsetTracker
+
+log = logging.getLogger(__name__)
+
+
+class Committer:
+    def __init__(
+        self, source: KafkaSource, tracker: OffsetTracker, metrics: Metrics, health: Health
+    ) -> None:
+        self.source = source
+        self.tracker = tracker
+        self.metrics = metrics
+        self.health = health
+
+    async def commit(self) -> None:
+        owned = self.source.assignment
+        positions = {tp: pos for tp, pos in self.tracker.committable().items() if tp in owned}
+        if not positions:
+            return
+        try:
+            await self.source.commit(positions)
+        except Exception as exc:  # KafkaException: retried at the next interval
+            self.metrics.commits.labels(result="error").inc()
+            log.warning("offset commit failed (will retry): %s", exc)
+            return
+        self.tracker.mark_committed(positions)
+        self.metrics.commits.labels(result="ok").inc()
+        self.health.clear("kafka")
+
+    async def all_committed(self) -> bool:
+        """Every assigned partition is consumed to its end, resolved and committed."""
+        tps = sorted(self.source.assignment)
+        if not tps or self.tracker.unresolved():
+            return False
+        await self.commit()
+        ends = await self.source.end_offsets(tps)
+        committed = await self.source.committed(tps)
+        return all(committed.get(tp, -1) >= high or high == low for tp, (low, high) in ends.items())

@@ -1,0 +1,93 @@
+"""Rebalances: finish or drop the work of partitions that leave, commit, share the rate.
+
+The callbacks run on the Kafka thread, inside consume(): they block while the event
+loop finishes the partitions' work. A batch never spans partitions, so a revoked
+partition's batches are dropped or awaited whole and nothing of the kept ones is touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from sink.batching import Batcher
+from sink.consumer import TP, KafkaSource
+from sink.flow import Dispatcher
+from sink.offsets import OffsetTracker
+from sink.rate_share import RateShare
+from sink.rejects import Rejects
+
+log = logging.getLogger(__name__)
+
+
+class Rebalance:
+    def __init__(
+        self,
+        source: KafkaSource,
+        loop: asyncio.AbstractEventLoop,
+        tracker: OffsetTracker,
+        batcher: Batcher,
+        flow: Dispatcher,
+        rejects: Rejects,
+        rate: RateShare,
+        finish_timeout_s: float,
+    ) -> None:
+        self.source = source
+        self.loop = loop
+        self.tracker = tracker
+        self.batcher = batcher
+        self.flow = flow
+        self.rejects = rejects
+        self.rate = rate
+        self.finish_timeout_s = finish_timeout_s
+
+    def subscribe(self) -> None:
+        self.source.subscribe(self.on_assign, self.on_revoke, self.on_lost)
+
+    def on_assign(self, tps: list[TP]) -> None:
+        log.info("partitions assigned: %s", _fmt(tps))
+        self.rate.update(len(self.source.assignment), self.source.partition_total())
+
+    def on_revoke(self, tps: list[TP]) -> None:
+        """Finish the revoked partitions' work, commit, let go."""
+        log.info("partitions revoked: %s", _fmt(tps))
+        # Lowered before another member can take these partitions up.
+        self.rate.update(len(self.source.assignment - set(tps)), None)
+        self._release_blocking(tps, wait=True, timeout_s=self.finish_timeout_s + 5)
+        positions = self.tracker.positions(tps)
+        try:
+            self.source.commit_now(positions)
+            self.tracker.mark_committed(positions)
+        except Exception as exc:
+            log.warning("commit on revoke failed: %s", exc)
+        self.tracker.forget(tps)
+
+    def on_lost(self, tps: list[TP]) -> None:
+        log.warning("partitions lost (group membership expired): %s", _fmt(tps))
+        self._release_blocking(tps, wait=False, timeout_s=30)
+        self.tracker.forget(tps)
+
+    def _release_blocking(self, tps: list[TP], wait: bool, timeout_s: float) -> None:
+        future = asyncio.run_coroutine_threadsafe(self.release(set(tps), wait), self.loop)
+        try:
+            future.result(timeout=timeout_s)
+        except Exception as exc:
+            log.error("releasing partitions failed: %s", exc)
+
+    async def release(self, tps: set[TP], wait: bool) -> None:
+        """Drop what is buffered for ``tps``; let their in-flight batches finish (or cancel)."""
+        self.batcher.drop(tps)
+        touching = self.flow.drop(tps)
+        if wait and touching:
+            await asyncio.wait(touching, timeout=self.finish_timeout_s)
+        for task in touching:
+            task.cancel()
+        await asyncio.gather(*touching, return_exceptions=True)
+        for task in [t for t in self.rejects.tasks if not t.done()]:
+            await asyncio.wait([task], timeout=5)
+
+
+def _fmt(tps: Iterable[TP]) -> str:
+    # Cooperative rebalancing has rounds that assign nothing: say so rather than print "".
+    return ", ".join(f"{t}[{p}]" for t, p in sorted(tps)) or "(none)"

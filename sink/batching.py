@@ -332,17 +332,21 @@ class Batcher:
         return [record_id(d, self.id_field) for d in datas]
 
     def due(
-        self, may_send: Callable[[Lane], bool] | None = None, limit: int | None = None
+        self,
+        may_send: Callable[[Lane], bool] | None = None,
+        limit: int | None = None,
+        flushing: bool = False,
     ) -> list[Batch]:
-        """Batches that have lingered ``linger_s``, oldest first, of lanes that
-        ``may_send`` now (every lane if None); at most ``limit``. With arrival-order
+        """Batches that have lingered ``linger_s`` (all of them when ``flushing``), oldest
+        first, of lanes that ``may_send`` now (every lane if None); at most ``limit``
+        calls. With arrival-order
         batching, lingered batches of one partition are merged while they fit: thin
         traffic spread over many lanes still makes full calls (the merged call holds all
         their lanes while it is sent)."""
         now = self.clock()
         picked: list[_Slot] = []
         for slot, opened in self._open.items():  # oldest first
-            if now - opened.batch.opened_at < self.linger_s:
+            if now - opened.batch.opened_at < self.linger_s and not flushing:
                 break
             if may_send is None or may_send(slot[0]):
                 picked.append(slot)
@@ -362,6 +366,17 @@ class Batcher:
                 batch = self._close(slot)
                 calls.append(batch)
                 into[tp] = (batch, ids)
+        if into and self.group_of is None:
+            # Fill the calls up with their partitions' younger batches of idle lanes:
+            # their linger would end a few milliseconds later each, one small call apiece.
+            for slot in list(self._open):
+                call = into.get(slot[0][:2])
+                if call is not None and (may_send is None or may_send(slot[0])):
+                    batch, ids = call
+                    if self._fits(batch, self._open[slot], ids):
+                        ids.update(self._open[slot].ids)
+                        batch.absorb(self._close(slot))
+                        batch.id = _name(batch)
         return calls
 
     def _fits(self, batch: Batch, opened: _Open, ids: set[Any]) -> bool:

@@ -124,6 +124,9 @@ class Dispatcher:
         self.in_flight: dict[asyncio.Task[None], Batch] = {}
         self.sending = 0
         self.active = True
+        # Cut batches without waiting for their linger: the topic is caught up (a one-off
+        # load ends) or the sink stops. They still wait for their lanes, and merge.
+        self.flushing = False
         self._timer: asyncio.TimerHandle | None = None
 
     # -- queueing ------------------------------------------------------------------------
@@ -147,6 +150,10 @@ class Dispatcher:
     def waiting(self) -> int:
         """Closed batches waiting for their lane or a slot."""
         return sum(map(len, self.queues.values()))
+
+    def waiting_work(self) -> bool:
+        """Batches wait for their lane, or are still open."""
+        return bool(self.queues) or self.batcher.open_batches > 0
 
     def held_bytes(self) -> int:
         """Bytes of the batches waiting and in flight."""
@@ -180,7 +187,8 @@ class Dispatcher:
                     # (a batch cut too early would stop filling while it waits); those
                     # cut all start, whatever the pace says meanwhile.
                     slots = self.limit.current - self.sending
-                    cut.extend(self.batcher.due(self.idle, self.pace.burst(slots)))
+                    burst = self.pace.burst(slots)
+                    cut.extend(self.batcher.due(self.idle, burst, self.flushing))
                     asked = True
                 if not cut:
                     break
@@ -196,7 +204,7 @@ class Dispatcher:
                 else:
                     self.add([batch])
         else:
-            if self.ready or self.batcher.lingering():
+            if self.ready or self.batcher.lingering() or self.flushing:
                 self.limit.wanted = True  # work waits for a slot: let the limit grow
         self.add(cut)  # cut, then no slot left: first in their lanes
 
@@ -253,7 +261,8 @@ class Dispatcher:
     ) -> list[asyncio.Task[None]]:
         """Send what is queued (if active) and let deliveries and ``others`` end, until
         ``deadline`` (monotonic) or ``failed()``; cancel what is left and return it."""
-        while (self.in_flight or others or (self.queues and self.active)) and (
+        self.flushing = True
+        while (self.in_flight or others or (self.waiting_work() and self.active)) and (
             not failed() and time.monotonic() < deadline
         ):
             self.pump()

@@ -63,7 +63,7 @@ class Pipeline:
         self.flow = Dispatcher(
             self.batcher, self.limit, self.pace, self._deliver, self._prepare, self._finished
         )
-        self.backpressure = Backpressure(settings.max_buffered_records, settings.max_buffered_bytes)
+        self.pressure = Backpressure(settings.max_buffered_records, settings.max_buffered_bytes)
         self.rejects = Rejects(settings.null_values, self.tracker, self.metrics, self._fail)
         self.rate = RateShare(settings.http_rate_limit, settings.http_rate_sharing, self._set_rate)
         self.intake = Intake(
@@ -86,6 +86,11 @@ class Pipeline:
     @property
     def in_flight(self) -> dict[asyncio.Task[None], Batch]:
         return self.flow.in_flight
+
+    @property
+    def backpressure(self) -> bool:
+        """Whether any partition is paused to bound memory."""
+        return bool(self.pressure.full) or self.pressure.bytes_full
 
     # ------------------------------------------------------------------ lifecycle
     def check_kafka_config(self) -> None:
@@ -154,6 +159,8 @@ class Pipeline:
             msgs = await self.source.consume(CONSUME_BATCH, self._poll_timeout())
             if self.registry is not None and msgs:
                 msgs = await with_schemas(self.registry, self.source, msgs, self.health, self._stop)
+            if msgs:
+                self.flow.flushing = False  # more came: batches fill again
             self.intake.handle(msgs)
             if self._fatal is not None:
                 return
@@ -179,9 +186,6 @@ class Pipeline:
     async def _shutdown(self, producer: AsyncProducer) -> None:
         assert self.source is not None
         deadline = time.monotonic() + self.s.shutdown_timeout_s
-        if self._fatal is None and self.active:
-            # Send what is buffered, then let in-flight deliveries finish within the deadline.
-            self.flow.add(self.batcher.flush())
         abandoned = await self.flow.finish(
             deadline, self.rejects.tasks, lambda: self._fatal is not None
         )
@@ -244,8 +248,8 @@ class Pipeline:
     async def drained(self) -> bool:
         """Every assigned partition is consumed to its end, resolved and committed."""
         assert self.committer is not None
-        if self.flow.queues or self.in_flight or self.rejects.tasks or self.batcher.open_batches:
-            self.flow.add(self.batcher.flush())
+        if self.flow.waiting_work() or self.in_flight or self.rejects.tasks:
+            self.flow.flushing = True  # caught up: what lingers goes now
             self.flow.pump()
             return False
         return await self.committer.all_committed()
@@ -262,7 +266,7 @@ class Pipeline:
         parked = self.flow.parked()  # records of bulk jobs in progress: not in memory
         held = {t: self.tracker.unresolved(t) - parked.get(t, 0) for t in self.source.assignment}
         nbytes = self.batcher.buffered_bytes + self.flow.held_bytes()
-        paused = await self.backpressure.apply(self.source, held, nbytes, self.active)
+        paused = await self.pressure.apply(self.source, held, nbytes, self.active)
         self.metrics.paused_partitions.set(len(paused) if self.active else 0)
 
     # ------------------------------------------------------------------ activation
@@ -281,7 +285,7 @@ class Pipeline:
         m.in_flight.set(len(self.in_flight))
         m.parked.set(sum(self.flow.parked().values()))
         m.buffered.set(self.tracker.unresolved())
-        m.paused.set(1 if self.backpressure.full or self.backpressure.bytes_full else 0)
+        m.paused.set(1 if self.backpressure else 0)
         m.healthy.set(1 if self.health.ok else 0)
         m.concurrency.set(self.limit.current)
         m.rate_share.set(self.rate.current)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from heapq import merge
 from itertools import groupby
 from operator import attrgetter
 from typing import Any, cast
@@ -120,6 +121,10 @@ def _by_partition(tps: Iterable[tuple[str, int]], offsets: list[int]) -> Offsets
             offs.extend(offsets[start:end])
         start = end
     return out
+
+
+def _pair_offset(pair: tuple[Message, Any]) -> int:
+    return cast(int, pair[0].offset())
 
 
 def message_record(msg: Message, rid: Any) -> SinkRecord:
@@ -271,19 +276,20 @@ class Batch:
         return self.lanes[0] if self.lanes else None
 
     def absorb(self, other: Batch) -> None:
-        """Take ``other``'s records after this batch's own (a lingered batch of another
-        lane of the same partition, merged so that thin traffic makes full calls). Each
-        partition's offsets stay ascending, as the offset tracker needs."""
-        offsets = self.held_offsets()
-        for tp, offs in other.held_offsets().items():
-            offsets[tp] = sorted([*offsets.get(tp, ()), *offs])
+        """Take ``other``'s records: a lingered batch of another lane of the same
+        partition, merged so that thin traffic makes full calls. The records stay in
+        offset order (as a reader of the request expects, and each key's order with it),
+        and so do the offsets, as the offset tracker needs."""
         msgs, rids = self._messages, self._rids
         if msgs is not None and rids is not None and other._messages is not None:
-            msgs.extend(other._messages)
-            rids.extend(other._rids or ())
+            pairs = merge(zip(msgs, rids, strict=True),
+                          zip(other._messages, other._rids or (), strict=True),
+                          key=_pair_offset)  # fmt: skip
+            self._messages, self._rids = map(list, zip(*pairs, strict=True))
         else:
-            self._records = [*self.records, *other.records]
-        self.offsets = offsets
+            self._records = list(merge(self.records, other.records, key=_OFFSET_OF))
+            self._messages = self._rids = None
+        self.offsets = None  # found again, in order
         self.nbytes += other.nbytes
         self.lanes = (*self.lanes, *other.lanes)
         self.key_set = self.shown_keys = None

@@ -48,15 +48,19 @@ def test_ten_thousand_records_arrive_exactly_once_with_responses_and_commits(
     # One response message per API call, each naming the offsets it covers.
     calls = emulator.api_requests()
     responses = consume_all(kafka, env["RESPONSE_TOPIC"], expect=len(calls))
-    assert len(responses) == len(calls) == 100
+    # Calls stay full: 3 partitions of 3,333 records in 32 lanes each leave a few
+    # remainders, merged per partition once they linger.
+    assert len(responses) == len(calls) and 100 <= len(calls) <= 110
     covered: set[tuple[int, int]] = set()
     keys: set[str] = set()
     for msg in responses:
         body = orjson.loads(msg.value())
         assert body["status"] == 200 and body["outcome"] == "delivered"
         assert msg.key() == body["batchId"].encode()
-        assert sum(s["count"] for s in body["sources"]) == body["recordCount"] == 100
-        assert len(body["keys"]) == body["keyCount"] == 100  # keys are the record ids here
+        assert len(body["sources"]) == 1  # a call never spans partitions
+        assert sum(s["count"] for s in body["sources"]) == body["recordCount"] <= 100
+        # keys are the record ids here
+        assert len(body["keys"]) == body["keyCount"] == body["recordCount"]
         keys |= set(body["keys"])
         for src in body["sources"]:
             assert src["topic"] == topic

@@ -460,8 +460,9 @@ def test_bulk_jobs_in_progress_across_a_rebalance(
     kafka: str, emulator: Emulator, logs: Path, fault_report: list[dict[str, Any]]
 ) -> None:
     """Bulk jobs run with their records dropped from memory (parked). A rebalance that
-    outlasts SINK_SHUTDOWN_TIMEOUT_S cancels them: the kept partitions' records are read
-    back from Kafka and submitted again, the revoked ones are consumed by their new owner."""
+    outlasts SINK_SHUTDOWN_TIMEOUT_S cancels the revoked partitions' jobs: their records
+    are consumed by their new owner. A batch never spans partitions, so the kept
+    partitions' jobs go on untouched."""
     n = 6_000
     topic = create_topic(kafka, unique("parked"), partitions=6)
     emulator.state.job_running_s = 2.5  # every job outlasts the 1 s the revoke waits
@@ -479,7 +480,7 @@ def test_bulk_jobs_in_progress_across_a_rebalance(
     a = member_joins_and_leaves(kafka, emulator, env, topic, feed, logs, after=500)
     out = check(emulator, ids(0, n))
     fault_report.append(out.row("11. bulk jobs in progress across a rebalance"))
-    assert "record(s) back from Kafka" in a.output()  # the parked path really ran
+    assert "partitions revoked" in a.output()
     assert out.lost == 0 and out.reordered == 0
     # Cancelled jobs may still succeed at Clari: their records can arrive twice, no more.
     assert out.duplicated <= n

@@ -506,6 +506,7 @@ def chart(results: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullFormatter
 
     names = [r["scenario"] for r in results]
     y = list(range(len(results)))
@@ -529,18 +530,21 @@ def chart(results: list[dict[str, Any]], path: Path) -> None:
         ax2.barh(ys, start, height, left=run, color=color, alpha=0.35, hatch="//")
         ax3.barh(ys, [f["peak_rss_mib"] or 0 for _, f in rows], height, color=color)
     ax1.set_xscale("log")
+    ax1.xaxis.set_major_locator(FixedLocator([1e3, 3e3, 1e4, 3e4, 1e5, 3e5, 1e6]))
+    ax1.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}k")
+    ax1.xaxis.set_minor_formatter(NullFormatter())
     ax1.set_xlabel("records/s received by the API (log scale, higher is better)")
     ax1.set_title("Throughput, same topic and emulator settings")
-    ax1.legend(loc="lower right", fontsize=8)
+    fig.legend(*ax1.get_legend_handles_labels(), loc="upper center", ncol=2, fontsize=9)
     ax1.set_yticks(y, names, fontsize=8)
     ax1.invert_yaxis()
-    right = max((r[s]["records_per_s"] or 1) for r in results for s in ("sink", "peer") if r[s])
-    ax1.set_xlim(right=right * 4)  # room for the labels
+    rates = [r[s]["records_per_s"] or 1 for r in results for s in ("sink", "peer") if r[s]]
+    ax1.set_xlim(min(rates) / 2, max(rates) * 4)  # room for the labels
     ax2.set_xlabel("CPU s per 100k records (hatched: start-up)")
     ax2.set_title("CPU cost (lower is better)")
     ax3.set_xlabel("peak RSS, MiB")
     ax3.set_title("Memory (lower is better)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # the legend's room
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -227,6 +227,7 @@ def figures(
         "delivered": delivered,
         "complete": delivered >= n and not watched.timed_out,
         "timed_out": watched.timed_out,
+        "wall_s": round(watched.wall_s, 1),  # from start to the end of the run (or its cut)
         "seconds": round(span, 2) if span else None,
         "records_per_s": round(rate) if rate else None,
         "calls": calls,
@@ -390,7 +391,7 @@ def line(row: dict[str, Any]) -> str:
             f"429s {f['http_429']}  max {_n(f['max_calls_in_any_second'])} calls/1s  "
             f"cpu {_n(f['cpu_s_per_100k'], 2)} ({_n(f['cpu_s_per_100k_run'], 2)}) s/100k  "
             f"rss {_n(f['peak_rss_mib'])} MiB  lost {_n(f['lost'])} "
-            f"reordered {_n(f['reordered'])}"
+            f"reordered {_n(f['reordered'])}  ({f['wall_s']:.0f} s)"
         )
 
     text = f"{row['scenario']:30} sink {side(s)}"

@@ -132,7 +132,9 @@ class Peer(Measured):
     ) -> None:
         libs = fetch_jars()
         plugin = plugin_dir()
-        workdir.mkdir(parents=True, exist_ok=True)
+        if workdir.exists():  # a run's own logs and offsets, not the last run's too
+            shutil.rmtree(workdir)
+        workdir.mkdir(parents=True)
         self.rest_port = kafka_local.free_port()
         # A connector's name is its consumer group: a fresh one reads the topic from the start.
         self.name = f"peer-http-sink-{name}-{time.time():.0f}"

@@ -18,6 +18,7 @@ in the same partition.
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Iterator
@@ -115,9 +116,48 @@ def load(bootstrap: str, topic: str, distribution: str, n: int, size: int = RECO
         raise RuntimeError(f"{left} records of {topic} were not produced")
 
 
-def key_shares(distribution: str, n: int) -> dict[str, float]:
-    """Share of records per key, for the report (the hot key's share, the key count)."""
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``), as a signed int."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    length = len(data)
+    h = (0x9747B28C ^ length) & mask
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * m) & mask
+        k ^= k >> 24
+        k = (k * m) & mask
+        h = ((h * m) & mask) ^ k
+    tail = length % 4
+    base = length - tail
+    if tail == 3:
+        h ^= data[base + 2] << 16
+    if tail >= 2:
+        h ^= data[base + 1] << 8
+    if tail >= 1:
+        h ^= data[base]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a keyed record."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+@functools.cache
+def _partitions_of_keys(distribution: str, n: int, partitions: int) -> tuple[int, ...]:
     counts: dict[str, int] = {}
     for key in keys(distribution, n):
         counts[key] = counts.get(key, 0) + 1
-    return {k: c / n for k, c in counts.items()}
+    out = [0] * partitions
+    for key, count in counts.items():
+        out[partition_of(key, partitions)] += count
+    return tuple(out)
+
+
+def partition_counts(distribution: str, n: int, partitions: int) -> list[int]:
+    """Records per partition once ``n`` records of ``distribution`` are produced."""
+    return list(_partitions_of_keys(distribution, n, partitions))

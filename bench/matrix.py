@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,10 @@ class Topics:
             "distribution": distribution,
             "records": n,
             "records_per_partition": counts,
+            # As Kafka's default partitioner places them (murmur2): what the Java clients
+            # producing a real topic would do.
+            "as_kafka_default_partitioner": counts
+            == keys.partition_counts(distribution, n, self.partitions),
             "largest_partition_share": round(max(counts) / max(1, sum(counts)), 3),
         }
         print(
@@ -321,15 +325,18 @@ def sink_max_s(sc: Scenario, n: int, limit: float | None) -> float:
 def run(
     scenarios: list[Scenario],
     bootstrap: str,
+    *,
     partitions: int,
     record_bytes: int,
     quick: bool,
     records: int | None,
+    sink: bool,
     peer: bool,
     max_run_s: float | None,
     peer_max_s: float,
-    on_result: Any = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run ``scenarios`` in order; return each one's row and the topics it loaded."""
     topics = Topics(bootstrap, partitions, record_bytes)
     results: list[dict[str, Any]] = []
     tag = f"{time.time():.0f}"
@@ -345,9 +352,11 @@ def run(
             "members": sc.members,
             "topic": topic,
             "records": n,
-            "sink": run_sink(sc, bootstrap, topic, n, sink_max_s(sc, n, max_run_s), tag),
+            "sink": None,
             "peer": None,
         }
+        if sink:
+            row["sink"] = run_sink(sc, bootstrap, topic, n, sink_max_s(sc, n, max_run_s), tag)
         if peer and sc.peer:
             row["peer"] = run_peer(sc, bootstrap, topic, n, partitions, max_run_s or peer_max_s)
         results.append(row)
@@ -365,10 +374,6 @@ def _n(value: Any, digits: int = 0) -> str:
     return f"{round(value):,}" if isinstance(value, int | float) else str(value)
 
 
-def _pair(sink: Any, peer: Any, digits: int = 0) -> str:
-    return f"{_n(sink, digits)} · {_n(peer, digits)}" if peer is not None else _n(sink, digits)
-
-
 def _label(row: dict[str, Any]) -> tuple[str, str, str]:
     keys_ = row["distribution"]
     if row["members"] > 1:
@@ -379,65 +384,75 @@ def _label(row: dict[str, Any]) -> tuple[str, str, str]:
     return keys_, f"{row['latency_ms']} ms", limit
 
 
-def line(row: dict[str, Any]) -> str:
-    """One console line for a scenario's results."""
-    s, p = row["sink"], row["peer"]
+Figures = dict[str, Any]
 
-    def side(f: dict[str, Any]) -> str:
+
+def _cell(row: dict[str, Any], show: Callable[[Figures], str]) -> str:
+    """``sink · peer`` (a side that did not run: ``-``; no peer in the row: the sink alone)."""
+    sink, peer = row["sink"], row["peer"]
+    if peer is None:
+        return show(sink) if sink else "-"
+    return f"{show(sink) if sink else '-'} · {show(peer)}"
+
+
+def _rate(f: Figures) -> str:
+    return _n(f["records_per_s"]) + ("" if f["complete"] else "*")
+
+
+def _flight(f: Figures) -> str:
+    return f"{_n(f['in_flight_mean'], 1)}/{_n(f['in_flight_max'])}"
+
+
+def _cpu(f: Figures) -> str:
+    return f"{_n(f['cpu_s_per_100k'], 2)} ({_n(f['cpu_s_per_100k_run'], 2)})"
+
+
+def _check(f: Figures) -> str:
+    return f"{_n(f['lost'])} / {_n(f['reordered'])}"
+
+
+def line(row: dict[str, Any]) -> str:
+    """Console lines for a scenario's results, one a side."""
+
+    def side(f: Figures) -> str:
         cut = "" if f["complete"] else f" (cut at {f['delivered']:,} of {f['records']:,})"
         return (
-            f"{_n(f['records_per_s']):>8} rec/s{cut}  in flight {_n(f['in_flight_mean'], 1)}"
-            f"/{_n(f['in_flight_max'])}  {_n(f['records_per_call'], 1)} rec/call  "
-            f"429s {f['http_429']}  max {_n(f['max_calls_in_any_second'])} calls/1s  "
-            f"cpu {_n(f['cpu_s_per_100k'], 2)} ({_n(f['cpu_s_per_100k_run'], 2)}) s/100k  "
-            f"rss {_n(f['peak_rss_mib'])} MiB  lost {_n(f['lost'])} "
-            f"reordered {_n(f['reordered'])}  ({f['wall_s']:.0f} s)"
+            f"{_n(f['records_per_s']):>8} rec/s{cut}  in flight {_flight(f)}  "
+            f"{_n(f['records_per_call'], 1)} rec/call  429s {f['http_429']}  "
+            f"max {_n(f['max_calls_in_any_second'])} calls/1s  cpu {_cpu(f)} s/100k  "
+            f"rss {_n(f['peak_rss_mib'])} MiB  lost/reordered {_check(f)}  ({f['wall_s']:.0f} s)"
         )
 
-    text = f"{row['scenario']:30} sink {side(s)}"
-    if p is not None:
-        text += f"\n{'':30} peer {side(p)}"
-    return text
+    lines = [f"{name} {side(row[name])}" for name in ("sink", "peer") if row[name]]
+    return "\n".join(
+        f"{row['scenario'] if i == 0 else '':30} {text}" for i, text in enumerate(lines)
+    )
 
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (
-        "| keys | latency | limit | records/s sink · peer | sink ÷ peer | calls in flight "
-        "mean/max sink · peer | records a call | 429s | CPU s / 100k (run only) | peak RSS MiB "
-        "| lost / reordered |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| keys | latency | limit | records/s | sink ÷ peer | calls in flight mean/max "
+        "| records a call | 429s | CPU s / 100k (run only) | peak RSS MiB | lost / reordered |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = []
     for row in results:
         s, p = row["sink"], row["peer"]
         ratio = (
             f"{s['records_per_s'] / p['records_per_s']:.1f}x"
-            if p and s["records_per_s"] and p["records_per_s"]
+            if s and p and s["records_per_s"] and p["records_per_s"]
             else "-"
         )
-
-        def rate(f: dict[str, Any]) -> str:
-            mark = "" if f["complete"] else "*"
-            return _n(f["records_per_s"]) + mark
-
-        def flight(f: dict[str, Any]) -> str:
-            return f"{_n(f['in_flight_mean'], 1)}/{_n(f['in_flight_max'])}"
-
-        def cpu(f: dict[str, Any]) -> str:
-            return f"{_n(f['cpu_s_per_100k'], 2)} ({_n(f['cpu_s_per_100k_run'], 2)})"
-
-        def check(f: dict[str, Any]) -> str:
-            return f"{_n(f['lost'])} / {_n(f['reordered'])}"
-
         cells = [
             *_label(row),
-            f"{rate(s)} · {rate(p)}" if p else rate(s),
+            _cell(row, _rate),
             ratio,
-            f"{flight(s)} · {flight(p)}" if p else flight(s),
-            _pair(s["records_per_call"], p and p["records_per_call"], 1),
-            _pair(s["http_429"], p and p["http_429"]),
-            f"{cpu(s)} · {cpu(p)}" if p else cpu(s),
-            _pair(s["peak_rss_mib"], p and p["peak_rss_mib"]),
-            f"{check(s)} · {check(p)}" if p else check(s),
+            _cell(row, _flight),
+            _cell(row, lambda f: _n(f["records_per_call"], 1)),
+            _cell(row, lambda f: _n(f["http_429"])),
+            _cell(row, _cpu),
+            _cell(row, lambda f: _n(f["peak_rss_mib"])),
+            _cell(row, _check),
         ]
         rows.append("| " + " | ".join(cells) + " |")
     return head + "\n".join(rows) + "\n"
@@ -472,7 +487,7 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, str, bool | None]]
                 measured = f"{hot / uni:.0%} ({hot:,.0f} of {uni:,.0f})"
                 out.append((goal, measured, hot >= 0.8 * uni))
     two = by.get("uniform200-200ms-two-members")
-    if two is not None:
+    if two is not None and two["sink"] is not None:
         s = two["sink"]
         busiest, per_s = s["max_calls_in_any_second"], s["ok_calls_per_s"]
         met = busiest is not None and busiest <= CLARI_LIMIT and (per_s or 0) >= 0.9 * CLARI_LIMIT
@@ -481,7 +496,7 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, str, bool | None]]
             f"busiest second {busiest} calls, {per_s} calls/s answered 200, {s['http_429']} 429s"
         )
         out.append((goal, measured, met))
-    sinks = [r["sink"] for r in results if r["sink"]["delivered"]]
+    sinks = [r["sink"] for r in results if r["sink"] and r["sink"]["delivered"]]
     if sinks:
         cpu = max(f["cpu_s_per_100k"] or 0 for f in sinks)
         rss = max(f["peak_rss_mib"] or 0 for f in sinks)

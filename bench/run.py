@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
-from bench import matrix
+from bench import keys, matrix
 from bench.procs import RESULTS, Emulator, Sink, sink_env
 from devkit import kafka_local
 from devkit.sample_data import crm_record
@@ -389,20 +389,26 @@ def legacy(args: argparse.Namespace, names: list[str], bootstrap: str) -> list[d
 
 # --- the plan ------------------------------------------------------------------------------
 # Start-up and wind-down of one run on this machine (2 cores): the sink's imports, group
-# join and drain check; the JVM's and Connect's boot (about 6 s and 9 CPU s).
+# join and drain check; the JVM's and Connect's boot (6-10 s, 9 CPU s), its six consumers'
+# join, its stop. Measured in tiny runs, with other work on the machine.
 SINK_OVERHEAD_S = 9
-PEER_OVERHEAD_S = 11
+PEER_OVERHEAD_S = 12
 LOAD_S_PER_RECORD = 30e-6
+# The peer's pace, measured on 30,000 records of uniform200: one call in flight per task
+# takes the latency and about 40 ms more; all tasks together reach about 6,000 records/s
+# on this machine; against 100 calls/s, its 429s (3 s of backoff each) hold it near 3,500.
+PEER_CALL_OVERHEAD_S = 0.040
+PEER_MACHINE_RATE = 6_000.0
+PEER_LIMITED_RATE = 3_500.0
 
 
-def peer_rate(sc: matrix.Scenario, partitions: int) -> float:
-    """What the peer can do (records/s): one call in flight per task, the busiest
-    partition last to finish, 3 s of backoff per 429 against a limit."""
-    per_task = matrix.BATCH / ((sc.latency_ms + 15) / 1000)
-    busiest = {"hot20": 0.33}.get(sc.distribution, 1 / partitions)
-    rate = min(per_task / busiest, per_task * partitions, 15_000.0)
-    if sc.limited and partitions * 1000 / (sc.latency_ms + 15) > matrix.CLARI_LIMIT:
-        rate = min(rate, 3_000.0)
+def peer_rate(sc: matrix.Scenario, n: int, partitions: int) -> float:
+    """What the peer should do (records/s): the busiest partition's task sets the pace."""
+    per_task = matrix.BATCH / (sc.latency_ms / 1000 + PEER_CALL_OVERHEAD_S)
+    counts = keys.partition_counts(sc.distribution, n, partitions)
+    rate = min(per_task * n / max(counts), PEER_MACHINE_RATE)
+    if sc.limited and partitions * per_task / matrix.BATCH > matrix.CLARI_LIMIT:
+        rate = min(rate, PEER_LIMITED_RATE)
     return rate
 
 
@@ -413,8 +419,8 @@ def plan(scenarios: list[matrix.Scenario], args: argparse.Namespace) -> tuple[li
         if (sc.distribution, n) not in loaded:
             loaded.add((sc.distribution, n))
             total += 5 + n * LOAD_S_PER_RECORD
-        sink_s = SINK_OVERHEAD_S + n / sc.expected_rate()
-        peer_s = PEER_OVERHEAD_S + n / peer_rate(sc, args.partitions)
+        sink_s = 0 if args.no_sink else SINK_OVERHEAD_S + n / sc.expected_rate()
+        peer_s = PEER_OVERHEAD_S + n / peer_rate(sc, n, args.partitions)
         with_peer = sc.peer and not args.no_peer
         total += sink_s + (peer_s if with_peer else 0)
         lines.append(
@@ -436,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="five scenarios, fewer records")
     parser.add_argument("--records", type=int, default=None, help="records in every scenario")
     parser.add_argument("--no-peer", action="store_true", help="leave the peer out")
+    parser.add_argument("--no-sink", action="store_true", help="run the peer only")
     parser.add_argument("--plan", action="store_true", help="print the scenarios and stop")
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--record-bytes", type=int, default=None, help="default 1500 (old: 1000)")
@@ -503,13 +510,14 @@ def main(argv: list[str] | None = None) -> int:
         results, topics = matrix.run(
             scenarios,
             bootstrap,
-            args.partitions,
-            args.record_bytes or 1_500,
-            args.quick,
-            args.records,
-            not args.no_peer,
-            args.max_run_s,
-            args.peer_max_s,
+            partitions=args.partitions,
+            record_bytes=args.record_bytes or 1_500,
+            quick=args.quick,
+            records=args.records,
+            sink=not args.no_sink,
+            peer=not args.no_peer,
+            max_run_s=args.max_run_s,
+            peer_max_s=args.peer_max_s,
             on_result=show,
         )
         args.out.write_text(

@@ -17,6 +17,19 @@ from bench import keys, matrix
 from bench.run import main as bench_main
 
 
+def test_keys_land_where_kafkas_default_partitioner_puts_them() -> None:
+    # Utils.murmur2 of the Java clients, as their tests give it.
+    assert keys.murmur2(b"21") == -973932308
+    assert keys.murmur2(b"foobar") == -790332482
+    assert keys.murmur2(b"a-little-bit-long-string") == -985981536
+    assert keys.murmur2(b"a-little-bit-longer-string") == -1486304829
+    assert keys.murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") == -58897971
+    assert keys.murmur2(b"abc") == 479470107
+    # The hot key's partition holds its 20 % and its share of the rest.
+    counts = keys.partition_counts("hot20", 10_000, 6)
+    assert sum(counts) == 10_000 and max(counts) > 0.3 * 10_000
+
+
 def test_key_distributions_are_what_they_claim() -> None:
     n = 20_000
     for dist in keys.DISTRIBUTIONS:
@@ -64,7 +77,10 @@ def test_benchmark_runs_sink_and_peer_end_to_end(kafka: str, tmp_path: Path) -> 
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    results = {r["scenario"]: r for r in json.loads(out.read_text())["results"]}
+    report = json.loads(out.read_text())
+    (topic,) = report["topics"].values()  # both scenarios read the one uniform200 topic
+    assert topic["as_kafka_default_partitioner"] and sum(topic["records_per_partition"]) == 1000
+    results = {r["scenario"]: r for r in report["results"]}
     assert set(results) == {"uniform200-50ms-lifted", "uniform200-200ms-two-members"}
     one, two = results["uniform200-50ms-lifted"], results["uniform200-200ms-two-members"]
     assert two["peer"] is None and two["members"] == 2 and two["rate_limit"] == 100

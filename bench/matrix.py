@@ -177,6 +177,7 @@ class Watched:
     cpu_at_first_call: float | None  # start-up: CPU spent before the API saw a call
     timed_out: bool
     wall_s: float
+    delivered: int  # distinct records at the API when the watch ended
 
 
 def watch(
@@ -189,16 +190,14 @@ def watch(
     cpu_first: float | None = None
     while True:
         progress = emu.progress()
+        delivered = (progress["tracking"] or {}).get("distinct", 0)
         if cpu_first is None and progress["firstRequestAt"]:
             cpu_first = sum(p.cpu_seconds() for p in procs)
-        if all(p.exited() for p in procs):
-            break
-        if until_delivered and (progress["tracking"] or {}).get("distinct", 0) >= n:
-            break
+        if all(p.exited() for p in procs) or (until_delivered and delivered >= n):
+            return Watched(cpu_first, False, time.monotonic() - began, delivered)
         if time.monotonic() - began > max_s:
-            return Watched(cpu_first, True, time.monotonic() - began)
+            return Watched(cpu_first, True, time.monotonic() - began, delivered)
         time.sleep(0.25)
-    return Watched(cpu_first, False, time.monotonic() - began)
 
 
 def figures(
@@ -231,6 +230,7 @@ def figures(
         "delivered": delivered,
         "complete": delivered >= n and not watched.timed_out,
         "timed_out": watched.timed_out,
+        "delivered_in_time": watched.delivered,  # when cut: the rest came while stopping
         "wall_s": round(watched.wall_s, 1),  # from start to the end of the run (or its cut)
         "seconds": round(span, 2) if span else None,
         "records_per_s": round(rate) if rate else None,
@@ -317,6 +317,20 @@ def run_peer(
         emu.stop()
 
 
+FIELDS = tuple(figures({"counters": {}}, 0, 0.0, Watched(None, False, 0.0, 0), 0.0, ended=False))
+
+
+def attempt(n: int, runner: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``runner(*args)``, or figures that say it failed and why."""
+    try:
+        return runner(*args)
+    except Exception as exc:
+        print(f"  failed: {exc!r}", flush=True)
+        failed: dict[str, Any] = dict.fromkeys(FIELDS)
+        failed |= {"records": n, "delivered": 0, "complete": False, "timed_out": False}
+        return failed | {"wall_s": 0.0, "http_429": None, "error": repr(exc)[:2000]}
+
+
 def sink_max_s(sc: Scenario, n: int, limit: float | None) -> float:
     """Five times the expected duration, at least 90 s: a broken sink cannot stall the run."""
     return limit or max(90.0, 5 * n / sc.expected_rate())
@@ -355,10 +369,15 @@ def run(
             "sink": None,
             "peer": None,
         }
+        # A side that fails is reported as failed: the other scenarios still run.
         if sink:
-            row["sink"] = run_sink(sc, bootstrap, topic, n, sink_max_s(sc, n, max_run_s), tag)
+            row["sink"] = attempt(
+                n, run_sink, sc, bootstrap, topic, n, sink_max_s(sc, n, max_run_s), tag
+            )
         if peer and sc.peer:
-            row["peer"] = run_peer(sc, bootstrap, topic, n, partitions, max_run_s or peer_max_s)
+            row["peer"] = attempt(
+                n, run_peer, sc, bootstrap, topic, n, partitions, max_run_s or peer_max_s
+            )
         results.append(row)
         if on_result is not None:
             on_result(row)
@@ -396,6 +415,8 @@ def _cell(row: dict[str, Any], show: Callable[[Figures], str]) -> str:
 
 
 def _rate(f: Figures) -> str:
+    if f.get("error"):
+        return "failed"
     return _n(f["records_per_s"]) + ("" if f["complete"] else "*")
 
 
@@ -415,7 +436,13 @@ def line(row: dict[str, Any]) -> str:
     """Console lines for a scenario's results, one a side."""
 
     def side(f: Figures) -> str:
-        cut = "" if f["complete"] else f" (cut at {f['delivered']:,} of {f['records']:,})"
+        if f.get("error"):
+            return f"failed: {f['error'][:300]}"
+        cut = (
+            f" (cut after {f['wall_s']:.0f} s at {f['delivered_in_time']:,} of {f['records']:,})"
+            if f["timed_out"]
+            else ""
+        )
         return (
             f"{_n(f['records_per_s']):>8} rec/s{cut}  in flight {_flight(f)}  "
             f"{_n(f['records_per_call'], 1)} rec/call  429s {f['http_429']}  "
@@ -496,7 +523,7 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, str, bool | None]]
             f"busiest second {busiest} calls, {per_s} calls/s answered 200, {s['http_429']} 429s"
         )
         out.append((goal, measured, met))
-    sinks = [r["sink"] for r in results if r["sink"] and r["sink"]["delivered"]]
+    sinks = [r["sink"] for r in results if r["sink"]]
     if sinks:
         cpu = max(f["cpu_s_per_100k"] or 0 for f in sinks)
         rss = max(f["peak_rss_mib"] or 0 for f in sinks)
@@ -506,7 +533,7 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, str, bool | None]]
         lost = sum(f["lost"] or 0 for f in sinks)
         reordered = sum(f["reordered"] or 0 for f in sinks)
         cut = sum(1 for f in sinks if not f["complete"])
-        measured = f"{lost} lost, {reordered} reordered" + (f", {cut} cut short" if cut else "")
+        measured = f"{lost} lost, {reordered} reordered" + (f", {cut} incomplete" if cut else "")
         out.append(("every run: 0 lost, 0 reordered", measured, not (lost or reordered or cut)))
     return out
 

@@ -36,8 +36,11 @@ unit: $(STAMP)
 test: $(STAMP) kafka-jars lint
 	$(BIN)/pytest -q -ra --durations=10
 
+# The matrix of bench/README.md with the peer (Kafka Connect + Aiven's HTTP sink, its
+# runtime fetched from Maven Central once): about 35 minutes. ARGS="--quick": 3 minutes.
 bench: $(STAMP) kafka-jars
 	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m bench.peer fetch
 	$(BIN)/python -m bench.run $(ARGS)
 
 clean:

@@ -1,21 +1,20 @@
-"""Throughput, latency, CPU and memory of the sink against the emulator, on one data set.
+"""The benchmark: clari-sink and the peer on realistic keys, side by side.
 
-    python -m bench.run [--records 1000000] [--quick] [--no-chart]
+    python -m bench.run                     # the full matrix with the peer (about 35 minutes)
+    python -m bench.run --quick             # five scenarios, fewer records (about 3 minutes)
+    python -m bench.run --only 'hot20-*,uniform200-50ms-inflight8' [--no-peer] [--records N]
+    python -m bench.run --plan              # the scenarios, their records and expected times
 
-Starts the local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), loads N records of
-about 1 KB over 6 partitions, then runs one after the other:
+Starts the local broker (unless KAFKA_BOOTSTRAP_SERVERS names one), loads one topic of
+about 1.5 KB records over 6 partitions per key distribution (bench/keys.py: uniform200,
+hot20, distinct), and runs each scenario of bench/matrix.py: the sink with its defaults,
+then Kafka Connect with Aiven's HTTP sink (bench/peer.py) on the same topic, each against
+a fresh emulator answering after 0, 50 or 200 ms, with Clari's 100 calls/s per token or
+the limit lifted. Results go to bench/results/latest.json, table.md and chart.png.
 
-  baseline       a bare confluent-kafka consumer: consume, decode JSON, commit
-  upload-0ms     the sink, Upload Entity Data (100 records a call), API answers at once
-  upload-50ms    the same with 50 ms added to every API call
-  bulk           the sink, Ingest Bulk Entities (files up to 10 MB)
-  live-10k       records produced at 10,000/s while the sink runs: CPU per core
-  live-half-max  records produced at half of upload-0ms's rate, 100 ms linger: latency
-  api-down-60s   the whole backlog while the API is down for 60 s, then delivered: memory
-
-Rate limits (the emulator's 100/s and the sink's) are raised out of the way: this
-measures the sink, not Clari's quota. Results go to bench/results/latest.json and a
-chart to bench/results/chart.png.
+The old benchmark's scenarios (distinct keys, 1 KB records, limits lifted, 100 ms linger)
+run when named with --only: baseline, upload-0ms, upload-50ms, bulk, bulk-2-members,
+live-10k, live-half-max, api-down-60s; their results go to latest-legacy.json.
 """
 
 from __future__ import annotations
@@ -23,25 +22,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
+from bench import keys, matrix
+from bench.procs import RESULTS, Emulator, Sink, sink_env
 from devkit import kafka_local
 from devkit.sample_data import crm_record
 
-RESULTS = Path(__file__).resolve().parent / "results"
-TICKS = os.sysconf("SC_CLK_TCK")
+LEGACY = (
+    "baseline",
+    "upload-0ms",
+    "upload-50ms",
+    "bulk",
+    "bulk-2-members",
+    "live-10k",
+    "live-half-max",
+    "api-down-60s",
+)
 PAD = "Notes from the quarterly business review: renewal risk discussed, champion engaged. "
 
 
@@ -84,140 +88,10 @@ def load(
     assert producer.flush(120) == 0
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for fut in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
-        fut.result(30)
+create_topic = matrix.create_topic
 
 
-# --- processes -------------------------------------------------------------------------
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.load(resp)
-
-
-class Emulator:
-    def __init__(self, latency_ms: float = 0) -> None:
-        self.port = kafka_local.free_port()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sink.cli",
-                "emulator",
-                "--port",
-                str(self.port),
-                "--no-store",
-                "--rate-limit",
-                "1000000",
-                "--latency-ms",
-                str(latency_ms),
-                "--job-queued-s",
-                "0.05",
-                "--job-running-s",
-                "0.1",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                self.stats()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-
-    def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = _get(f"http://127.0.0.1:{self.port}/_emulator/stats")
-        return result
-
-    def faults(self, **values: Any) -> None:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/_emulator/faults",
-            data=orjson.dumps(values),
-            method="POST",
-        )
-        urllib.request.urlopen(req, timeout=10).close()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-class Sink:
-    """``clari-sink run`` as a child; ``finish`` reaps it with its CPU time and peak RSS."""
-
-    def __init__(self, env: dict[str, str], until_drained: bool, log: str = "sink.log") -> None:
-        args = [sys.executable, "-m", "sink.cli", "run"] + (["--until-drained"] * until_drained)
-        self.log_path = RESULTS / log
-        self.log = self.log_path.open("wb")  # closed in finish
-        self.proc = subprocess.Popen(
-            args, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT
-        )
-        self.peak_rss_mib = 0.0
-        self._watch = threading.Thread(target=self._sample, daemon=True)
-        self._watch.start()
-
-    def _sample(self) -> None:
-        # VmHWM is the peak; sampled because the process is gone when wait4 reports.
-        status = Path(f"/proc/{self.proc.pid}/status")
-        while self.proc.returncode is None:
-            try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        self.peak_rss_mib = max(self.peak_rss_mib, int(line.split()[1]) / 1024)
-            except (FileNotFoundError, ProcessLookupError):
-                return
-            time.sleep(0.25)
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
-
-    def finish(self, stop: bool = False, timeout: float = 1_800) -> tuple[float, float]:
-        """(cpu seconds, peak RSS MiB) of the whole run."""
-        if stop:
-            self.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                raise TimeoutError("the sink did not finish")
-            time.sleep(0.1)
-        self.proc.returncode = os.waitstatus_to_exitcode(status)
-        self.log.close()
-        if self.proc.returncode != 0:
-            raise RuntimeError(f"sink exited {self.proc.returncode}; see {self.log_path}")
-        self.peak_rss_mib = max(self.peak_rss_mib, usage.ru_maxrss / 1024)
-        return usage.ru_utime + usage.ru_stime, self.peak_rss_mib
-
-
-def sink_env(bootstrap: str, topic: str, emu: Emulator, name: str, **extra: Any) -> dict[str, str]:
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "KAFKA_TOPICS": topic,
-        "KAFKA_GROUP_ID": f"bench-{name}-{time.time():.0f}",
-        "CLARI_BASE_URL": f"http://127.0.0.1:{emu.port}/v2",
-        "CLARI_ENTITY_TYPE": "Account",
-        "CLARI_API_TOKEN": "demo-token",
-        "CLARI_PARTNER_KEY": "demo-partner",
-        "HTTP_RATE_LIMIT": "1000000",
-        "RESPONSE_TOPIC": f"bench.responses.{name}",
-        "DLQ_TOPIC": f"bench.dlq.{name}",
-        "ADMIN_PORT": "0",
-        "LOG_LEVEL": "WARNING",
-        "BATCH_LINGER_MS": "100",
-    }
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
-# --- scenarios ---------------------------------------------------------------------------
+# --- the old benchmark's scenarios ------------------------------------------------------
 # The bulk runs: files of up to 20,000 records and 9 MB (Clari takes 10 MB), job status
 # polled from 50 ms (the emulator's jobs take 150 ms), 16 jobs in progress at once.
 BULK: dict[str, Any] = {
@@ -406,42 +280,10 @@ def chart(results: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.run")
-    parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--record-bytes", type=int, default=1_000)
-    parser.add_argument("--live-seconds", type=float, default=20.0)
-    parser.add_argument("--quick", action="store_true", help="skip the 60 s outage run")
-    parser.add_argument(
-        "--bulk-buffer-mib",
-        type=int,
-        default=32,
-        help="SINK_MAX_BUFFERED_BYTES for the bulk run (default: the sink's)",
-    )
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=3,
-        help="run the baseline and bulk this many times, alternately, and keep the medians "
-        "(runs on a shared VM vary by 10%%)",
-    )
-    parser.add_argument(
-        "--only",
-        nargs="*",
-        default=None,
-        help="run only these scenarios (the baseline always runs)",
-    )
-    parser.add_argument("--no-chart", action="store_true")
-    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
-    args = parser.parse_args(argv)
-    RESULTS.mkdir(exist_ok=True)
-    n = args.records
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = kafka_local.start(Path(".local/bench-kafka"))
-        bootstrap = broker.bootstrap
+def legacy(args: argparse.Namespace, names: list[str], bootstrap: str) -> list[dict[str, Any]]:
+    """The old benchmark (distinct keys, limits lifted), for the scenarios in ``names``."""
+    n = args.records or 1_000_000
+    size = args.record_bytes or 1_000
     results: list[dict[str, Any]] = []
 
     def show(res: dict[str, Any]) -> None:
@@ -464,90 +306,241 @@ def main(argv: list[str] | None = None) -> int:
         results.append(res)
         show(res)
 
-    try:
-        topic = f"bench.backlog.{time.time():.0f}"
-        create_topic(bootstrap, topic, args.partitions)
-        t0 = time.monotonic()
-        load(bootstrap, topic, 0, n, args.record_bytes)
-        print(
-            f"loaded {n:,} records of ~{args.record_bytes} B in {time.monotonic() - t0:.1f}s",
-            flush=True,
-        )
-        baselines = [run_baseline(bootstrap, topic, n)]
-        show(baselines[0])
-        results.append(baselines[0])  # the median of all its runs once they are in
+    topic = f"bench.backlog.{time.time():.0f}"
+    create_topic(bootstrap, topic, args.partitions)
+    t0 = time.monotonic()
+    load(bootstrap, topic, 0, n, size)
+    print(f"loaded {n:,} records of ~{size} B in {time.monotonic() - t0:.1f}s", flush=True)
+    baselines = [run_baseline(bootstrap, topic, n)]
+    show(baselines[0])
+    results.append(baselines[0])  # the median of all its runs once they are in
 
-        def want(name: str) -> bool:
-            return args.only is None or name in args.only
+    def want(name: str) -> bool:
+        return name in names
 
-        if want("upload-0ms"):
-            report(run_backlog("upload-0ms", bootstrap, topic, n))
-        if want("upload-50ms"):
-            report(run_backlog("upload-50ms", bootstrap, topic, n, latency_ms=50))
-        if want("bulk"):
-            bulks = []
-            for i in range(max(1, args.repeat)):
-                if i:  # alternately, so that a slow spell of the VM weighs on both
-                    baselines.append(run_baseline(bootstrap, topic, n))
-                    show(baselines[-1])
-                bulks.append(
-                    run_backlog(
-                        "bulk",
-                        bootstrap,
-                        topic,
-                        n,
-                        **BULK,
-                        SINK_MAX_BUFFERED_BYTES=args.bulk_buffer_mib * 1024 * 1024,
-                    )
-                )
-                show(bulks[-1])
-            results.append(median(bulks))
-            results[0] = median(baselines)
-            if len(bulks) > 1:
-                show(results[0])
-                show(results[-1])
-        if args.only and "bulk-2-members" in args.only:  # on request: see bench/README.md
-            report(run_backlog("bulk-2-members", bootstrap, topic, n, members=2, **BULK))
-        live_n = int(10_000 * args.live_seconds)
-        if want("live-10k"):
-            report(
-                run_live("live-10k", bootstrap, args.partitions, live_n, 10_000, args.record_bytes)
-            )
-        if want("live-half-max"):
-            upload = [r for r in results if r["scenario"] == "upload-0ms"]
-            half = upload[0]["records_per_s"] / 2 if upload else 10_000
-            report(
-                run_live(
-                    "live-half-max",
+    if want("upload-0ms"):
+        report(run_backlog("upload-0ms", bootstrap, topic, n))
+    if want("upload-50ms"):
+        report(run_backlog("upload-50ms", bootstrap, topic, n, latency_ms=50))
+    if want("bulk"):
+        bulks = []
+        for i in range(max(1, args.repeat)):
+            if i:  # alternately, so that a slow spell of the VM weighs on both
+                baselines.append(run_baseline(bootstrap, topic, n))
+                show(baselines[-1])
+            bulks.append(
+                run_backlog(
+                    "bulk",
                     bootstrap,
-                    args.partitions,
-                    int(half * args.live_seconds),
-                    half,
-                    args.record_bytes,
+                    topic,
+                    n,
+                    **BULK,
+                    SINK_MAX_BUFFERED_BYTES=args.bulk_buffer_mib * 1024 * 1024,
                 )
             )
-        if not args.quick and want("api-down-60s"):
-            report(run_backlog("api-down-60s", bootstrap, topic, n, down_s=60))
-        base = results[0]["records_per_s"]
-        for res in results:
-            rate = res["records_per_s"]
-            res["ratio_to_baseline"] = round(rate / base, 3) if base and rate else None
+            show(bulks[-1])
+        results.append(median(bulks))
+        results[0] = median(baselines)
+        if len(bulks) > 1:
+            show(results[0])
+            show(results[-1])
+    if want("bulk-2-members"):
+        report(run_backlog("bulk-2-members", bootstrap, topic, n, members=2, **BULK))
+    live_n = int(10_000 * args.live_seconds)
+    if want("live-10k"):
+        report(run_live("live-10k", bootstrap, args.partitions, live_n, 10_000, size))
+    if want("live-half-max"):
+        upload = [r for r in results if r["scenario"] == "upload-0ms"]
+        half = upload[0]["records_per_s"] / 2 if upload else 10_000
+        report(
+            run_live(
+                "live-half-max",
+                bootstrap,
+                args.partitions,
+                int(half * args.live_seconds),
+                half,
+                size,
+            )
+        )
+    if want("api-down-60s"):
+        report(run_backlog("api-down-60s", bootstrap, topic, n, down_s=60))
+    base = results[0]["records_per_s"]
+    for res in results:
+        rate = res["records_per_s"]
+        res["ratio_to_baseline"] = round(rate / base, 3) if base and rate else None
+    out = args.out.with_name("latest-legacy.json")
+    out.write_text(
+        json.dumps(
+            {
+                "records": n,
+                "record_bytes": size,
+                "partitions": args.partitions,
+                "machine_cores": os.cpu_count(),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
+    print(f"results: {out}")
+    if not args.no_chart:
+        chart(results, out.with_name("chart-legacy.png"))
+    return results
+
+
+# --- the plan ------------------------------------------------------------------------------
+# Start-up and wind-down of one run on this machine (2 cores): the sink's imports, group
+# join and drain check; the JVM's and Connect's boot (6-10 s, 9 CPU s), its six consumers'
+# join, its stop. Measured in tiny runs, with other work on the machine.
+SINK_OVERHEAD_S = 9
+PEER_OVERHEAD_S = 12
+LOAD_S_PER_RECORD = 30e-6
+# The peer's pace, measured on 30,000 records of uniform200: one call in flight per task
+# takes the latency and about 40 ms more; all tasks together reach about 6,000 records/s
+# on this machine; against 100 calls/s, its 429s (3 s of backoff each) hold it near 3,500.
+PEER_CALL_OVERHEAD_S = 0.040
+PEER_MACHINE_RATE = 6_000.0
+PEER_LIMITED_RATE = 3_500.0
+
+
+def peer_rate(sc: matrix.Scenario, n: int, partitions: int) -> float:
+    """What the peer should do (records/s): the busiest partition's task sets the pace."""
+    per_task = matrix.BATCH / (sc.latency_ms / 1000 + PEER_CALL_OVERHEAD_S)
+    counts = keys.partition_counts(sc.distribution, n, partitions)
+    rate = min(per_task * n / max(counts), PEER_MACHINE_RATE)
+    if sc.limited and partitions * per_task / matrix.BATCH > matrix.CLARI_LIMIT:
+        rate = min(rate, PEER_LIMITED_RATE)
+    return rate
+
+
+def plan(scenarios: list[matrix.Scenario], args: argparse.Namespace) -> tuple[list[str], float]:
+    lines, total, loaded = [], 30.0, set()  # the broker's start
+    for sc in scenarios:
+        n = args.records or sc.records(args.quick)
+        if (sc.distribution, n) not in loaded:
+            loaded.add((sc.distribution, n))
+            total += 5 + n * LOAD_S_PER_RECORD
+        sink_s = 0 if args.no_sink else SINK_OVERHEAD_S + n / sc.expected_rate()
+        peer_s = PEER_OVERHEAD_S + n / peer_rate(sc, n, args.partitions)
+        with_peer = sc.peer and not args.no_peer
+        total += sink_s + (peer_s if with_peer else 0)
+        lines.append(
+            f"{sc.name:30} {n:>8,} records  sink ~{sink_s:4.0f}s"
+            + (f"  peer ~{peer_s:4.0f}s" if with_peer else "")
+        )
+    return lines, total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="run only these scenarios (names or shell patterns, comma- or space-separated; "
+        "see --plan), or the old benchmark's: " + ", ".join(LEGACY),
+    )
+    parser.add_argument("--quick", action="store_true", help="five scenarios, fewer records")
+    parser.add_argument("--records", type=int, default=None, help="records in every scenario")
+    parser.add_argument("--no-peer", action="store_true", help="leave the peer out")
+    parser.add_argument("--no-sink", action="store_true", help="run the peer only")
+    parser.add_argument("--plan", action="store_true", help="print the scenarios and stop")
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--record-bytes", type=int, default=None, help="default 1500 (old: 1000)")
+    parser.add_argument(
+        "--max-run-s",
+        type=float,
+        default=None,
+        help="time limit of each run (default: the sink 5x its expected time, at least 90 s; "
+        "the peer --peer-max-s); a run cut short reports its rate so far",
+    )
+    parser.add_argument("--peer-max-s", type=float, default=300.0)
+    parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="only make table.md and chart.png again from the results in --out",
+    )
+    old = parser.add_argument_group("the old benchmark's scenarios")
+    old.add_argument("--live-seconds", type=float, default=20.0)
+    old.add_argument("--bulk-buffer-mib", type=int, default=32)
+    old.add_argument("--repeat", type=int, default=3, help="baseline and bulk runs (medians)")
+    args = parser.parse_args(argv)
+
+    if args.report:
+        results = json.loads(args.out.read_text())["results"]
+        text, goals = matrix.save_report(results, args.out, not args.no_chart)
+        print(f"{text}\n{goals}")
+        return 0
+    only = [n for item in args.only or [] for n in item.split(",") if n] or None
+    legacy_names = [n for n in only or [] if n in LEGACY]
+    patterns = [n for n in only or [] if n not in LEGACY]
+    scenarios = matrix.select(patterns, args.quick) if patterns or only is None else []
+    if only and not scenarios and not legacy_names:
+        parser.error(f"no scenario matches {only}; see --plan")
+    lines, total = plan(scenarios, args)
+    if args.plan:
+        print("\n".join(lines))
+        print(f"about {total / 60:.0f} minutes on 2 cores")
+        return 0
+    if scenarios:
+        print(f"{len(scenarios)} scenarios, about {total / 60:.0f} minutes", flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        broker = kafka_local.start(Path(".local/bench-kafka"))
+        bootstrap = broker.bootstrap
+    began = time.monotonic()
+    try:
+        if legacy_names:
+            legacy(args, legacy_names, bootstrap)
+        if not scenarios:
+            return 0
+        if not args.no_peer and any(sc.peer for sc in scenarios):
+            from bench.peer import fetch_jars, plugin_dir
+
+            fetch_jars()
+            plugin_dir()
+
+        def show(row: dict[str, Any]) -> None:
+            print(matrix.line(row), flush=True)
+
+        results, topics = matrix.run(
+            scenarios,
+            bootstrap,
+            partitions=args.partitions,
+            record_bytes=args.record_bytes or 1_500,
+            quick=args.quick,
+            records=args.records,
+            sink=not args.no_sink,
+            peer=not args.no_peer,
+            max_run_s=args.max_run_s,
+            peer_max_s=args.peer_max_s,
+            on_result=show,
+        )
         args.out.write_text(
             json.dumps(
                 {
-                    "records": n,
-                    "record_bytes": args.record_bytes,
-                    "partitions": args.partitions,
+                    "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "command": "python -m bench.run "
+                    + " ".join(sys.argv[1:] if argv is None else argv),
+                    "minutes": round((time.monotonic() - began) / 60, 1),
                     "machine_cores": os.cpu_count(),
+                    "partitions": args.partitions,
+                    "record_bytes": args.record_bytes or 1_500,
+                    "topics": topics,
                     "results": results,
                 },
                 indent=2,
             )
         )
-        print(f"results: {args.out}")
-        if not args.no_chart:
-            chart(results, args.out.with_name("chart.png"))
-            print(f"chart: {args.out.with_name('chart.png')}")
+        text, goals = matrix.save_report(results, args.out, not args.no_chart)
+        print(f"\n{text}\n{goals}")
+        print(f"results: {args.out}, {args.out.with_name('table.md')}"
+              + ("" if args.no_chart else f", {args.out.with_name('chart.png')}"))  # fmt: skip
+        print(f"took {(time.monotonic() - began) / 60:.1f} minutes")
     finally:
         if broker is not None:
             broker.stop()

@@ -12,6 +12,9 @@ API (as Clari):
 Control (no auth):
   GET /_emulator/records[?entity=]  GET /_emulator/requests  GET /_emulator/stats
   GET|POST /_emulator/faults        POST /_emulator/reset    GET /_emulator/health
+  GET /_emulator/progress           counters and the delivery check, cheap to poll
+  GET|POST /_emulator/tracking      the delivery check: POST {"key_field", "seq_field"}
+                                    starts it afresh (lost, duplicated, reordered per key)
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import orjson
 from aiohttp import web
 
 from sink.emulator import contract as c
-from sink.emulator.state import EmulatorState, Job, Received
+from sink.emulator.state import EmulatorState, Job, Received, Tracking
 
 STATE: web.AppKey[EmulatorState] = web.AppKey("state", EmulatorState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -51,6 +54,18 @@ async def faults_and_log(request: web.Request, handler: Handler) -> web.StreamRe
     if not _is_api(request.path):
         return await handler(request)
     state.first_request = state.first_request or time.time()
+    state.in_flight.enter()
+    try:
+        response = await _serve_api(state, request, handler)
+    finally:
+        state.in_flight.leave()
+        state.last_response = time.time()
+    return response
+
+
+async def _serve_api(
+    state: EmulatorState, request: web.Request, handler: Handler
+) -> web.StreamResponse:
     body = await request.read()
     entry: dict[str, Any] = {
         "time": time.time(),
@@ -96,6 +111,7 @@ async def faults_and_log(request: web.Request, handler: Handler) -> web.StreamRe
         return _json({"error": "Service Unavailable"}, 503, headers)
     response = await handler(request)
     entry["status"] = response.status
+    state.count(f"status_{response.status}")
     return response
 
 
@@ -160,8 +176,11 @@ def _quick(
     stored; None when they are, or when check_datasets must decide and explain."""
     if state.store_records:
         return None
-    checked = c.quick_check(raw, max_records)
-    return Received(*checked) if checked is not None else None
+    checked = c.quick_check(raw, max_records, state.track_fields())
+    if checked is None:
+        return None
+    count, stamps, marks = checked
+    return Received(count, stamps, marks=marks)
 
 
 def _after_accept(state: EmulatorState, entity: str, mode: str | None, is_last: bool) -> None:
@@ -186,7 +205,7 @@ async def upload(request: web.Request) -> web.Response:
             return _json([c.error("INVALID_INPUT_FORMAT", "Request body is not valid JSON")], 400)
         datasets, more = c.check_datasets(body, c.UPLOAD_MAX_RECORDS)
         errors += more
-        received = Received.of(datasets)
+        received = Received.of(datasets, state.track_fields())
     errors += _initial_errors(state, entity, mode)
     if errors:
         state.count("rejected_requests")
@@ -252,7 +271,7 @@ async def bulk(request: web.Request) -> web.Response:
             return _json([c.error("INVALID_FILE_FORMAT", "The file is not valid JSON")], 400)
         # All-or-nothing: the job fails as a whole if any record is invalid.
         datasets, job_errors = c.check_datasets(body, None)
-        received = Received.of(datasets)
+        received = Received.of(datasets, state.track_fields())
     if state.active_jobs() >= state.max_active_jobs:
         return _json([c.error("TOO_MANY_REQUESTS", "Too many concurrent bulk jobs")], 429)
     job_errors += _initial_errors(state, entity, mode)
@@ -279,6 +298,7 @@ def _settle(state: EmulatorState, job: Job) -> str:
         # job's decoded file would grow the heap without bound, and the garbage collector's
         # full passes over it would make the emulator, not the sink, the bottleneck.
         job.received.datasets = []
+        job.received.marks = []
     return status
 
 
@@ -349,7 +369,7 @@ async def v1_entity(request: web.Request) -> web.Response:
         entity=entity,
         mode=mode or "",
         is_last=meta["isLastBatch"],
-        received=Received.of(datasets),
+        received=Received.of(datasets, state.track_fields()),
         errors=[],
         request=meta,
     )
@@ -399,8 +419,55 @@ async def get_stats(request: web.Request) -> web.Response:
                 "p99.9": pct(99.9),
                 "max": lat[-1] if lat else None,
             },
+            **_progress(state),
         }
     )
+
+
+def _progress(state: EmulatorState) -> dict[str, Any]:
+    return {
+        "lastResponseAt": state.last_response or None,
+        "callsInFlight": state.in_flight.summary(),
+        # Every call with a valid token counts, those refused with 429 too.
+        "maxCallsInAnySecond": max(state.max_calls_in_second.values(), default=0),
+        "maxCallsInAnySecondByToken": dict(state.max_calls_in_second),
+        "tracking": state.tracking.summary() if state.tracking is not None else None,
+    }
+
+
+async def get_progress(request: web.Request) -> web.Response:
+    """What a benchmark polls while a run goes on: no sorting, no job walk."""
+    state = request.app[STATE]
+    return _json(
+        {
+            "counters": state.counters,
+            "firstRequestAt": state.first_request or None,
+            "firstReceiptAt": state.first_receipt or None,
+            "lastReceiptAt": state.last_receipt or None,
+            **_progress(state),
+        }
+    )
+
+
+async def tracking(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if request.method == "POST":
+        try:
+            settings = orjson.loads(await request.read() or b"{}")
+            state.tracking = Tracking(
+                key_field=str(settings.pop("key_field", "key")),
+                seq_field=str(settings.pop("seq_field", "seq")),
+            )
+            if settings:
+                raise KeyError(", ".join(settings))
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            state.tracking = None
+            return _json(
+                {"error": f"unknown or bad tracking setting: {exc}",
+                 "allowed": ["key_field", "seq_field"]},
+                400,
+            )  # fmt: skip
+    return _json(state.tracking.summary() if state.tracking is not None else None)
 
 
 async def faults(request: web.Request) -> web.Response:
@@ -488,6 +555,9 @@ def build_app(state: EmulatorState | None = None, timed_gc: bool = False) -> web
             web.post("/_emulator/faults", faults),
             web.post("/_emulator/reset", reset),
             web.get("/_emulator/health", health),
+            web.get("/_emulator/progress", get_progress),
+            web.get("/_emulator/tracking", tracking),
+            web.post("/_emulator/tracking", tracking),
         ]
     )
     return app

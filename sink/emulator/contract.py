@@ -122,9 +122,13 @@ _PARSER = simdjson.Parser()  # one at a time: the emulator's handlers never inte
 _BOM = b"\xef\xbb\xbf"  # simdjson skips a leading byte order mark; JSON (and orjson) do not
 
 
-def quick_check(raw: bytes | memoryview, max_records: int | None) -> tuple[int, list[int]] | None:
-    """(record count, producedAt stamps) of a body that passes every check of
-    check_datasets; None if it may not (check_datasets then decides and explains)."""
+def quick_check(
+    raw: bytes | memoryview, max_records: int | None, track: tuple[str, str] | None = None
+) -> tuple[int, list[int], list[tuple[str, Any, Any]]] | None:
+    """(record count, producedAt stamps, marks) of a body that passes every check of
+    check_datasets; None if it may not (check_datasets then decides and explains). The
+    marks are (id as text, key, seq) of each record when ``track`` names the key and
+    sequence fields (the benchmark's delivery check), else empty."""
     if bytes(raw[:3]) == _BOM:
         return None
     try:
@@ -132,16 +136,20 @@ def quick_check(raw: bytes | memoryview, max_records: int | None) -> tuple[int, 
     except (ValueError, RuntimeError):  # not JSON, or integers beyond 64 bits (orjson's call)
         return None
     try:
-        return _count(doc, max_records)
+        return _count(doc, max_records, track)
     finally:
         del doc  # the parser is reused: nothing may still point into it
 
 
-def _count(doc: Any, max_records: int | None) -> tuple[int, list[int]] | None:
+def _count(
+    doc: Any, max_records: int | None, track: tuple[str, str] | None
+) -> tuple[int, list[int], list[tuple[str, Any, Any]]] | None:
     if type(doc) is not simdjson.Array:
         return None
     ids: list[Any] = []
     stamps: list[int] = []
+    pairs: list[tuple[Any, Any]] = []
+    key_field, seq_field = track or ("", "")
     for ds in doc:
         if type(ds) is not simdjson.Object or type(ds.get("sourceEntity")) is not str:
             return None
@@ -159,11 +167,26 @@ def _count(doc: Any, max_records: int | None) -> tuple[int, list[int]] | None:
             produced = rec.get("producedAt")
             if type(produced) is int:
                 stamps.append(produced)
+            if track is not None:
+                pairs.append((_plain(rec.get(key_field)), _plain(rec.get(seq_field))))
     if max_records is not None and len(ids) > max_records:
         return None
-    if None in ids or "" in ids or len(set(map(_id_text, ids))) != len(ids):
+    if None in ids or "" in ids:
         return None
-    return len(ids), stamps
+    texts = list(map(_id_text, ids))
+    if len(set(texts)) != len(texts):
+        return None
+    marks = [(t, k, q) for t, (k, q) in zip(texts, pairs, strict=True)] if track else []
+    return len(ids), stamps, marks
+
+
+def _plain(value: Any) -> Any:
+    """A key or sequence number as Python's own value (simdjson's containers converted)."""
+    if isinstance(value, simdjson.Object):
+        return str(value.as_dict())
+    if isinstance(value, simdjson.Array):
+        return str(value.as_list())
+    return value
 
 
 def _is_plain_millis(value: Any) -> bool:

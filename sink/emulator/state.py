@@ -1,4 +1,6 @@
-"""The emulator's memory: accepted records, bulk jobs, request log, faults, rate limits."""
+"""The emulator's memory: accepted records, bulk jobs, request log, faults, rate limits,
+and what the benchmark reads: calls in flight, calls per second per token, and the
+delivery check of tracked records (lost, duplicated, out of order per key)."""
 
 from __future__ import annotations
 
@@ -41,20 +43,122 @@ class Faults:
         return data
 
 
+# A tracked record as the delivery check needs it: (id as text, key, sequence number).
+Mark = tuple[str, Any, Any]
+
+
 @dataclass(slots=True)
 class Received:
     """What a request brings to accept: its record count, the producers' stamps (for the
-    benchmark's latency), and the data sets themselves when records are stored."""
+    benchmark's latency), the data sets themselves when records are stored, and the marks
+    of its records when they are tracked."""
 
     count: int
     stamps: list[int]
     datasets: list[dict[str, Any]] = field(default_factory=list)
+    marks: list[Mark] = field(default_factory=list)
 
     @classmethod
-    def of(cls, datasets: list[dict[str, Any]]) -> Received:
+    def of(cls, datasets: list[dict[str, Any]], track: tuple[str, str] | None = None) -> Received:
         records = [rec for ds in datasets for rec in ds.get("records", [])]
         stamps = [r.get("producedAt") for r in records if isinstance(r, dict)]
-        return cls(len(records), [p for p in stamps if type(p) is int], datasets)  # not bools
+        marks: list[Mark] = []
+        if track is not None:
+            key_field, seq_field = track
+            marks = [
+                (str(r.get("id")), _hashable(r.get(key_field)), _hashable(r.get(seq_field)))
+                for r in records
+                if isinstance(r, dict)
+            ]
+        return cls(len(records), [p for p in stamps if type(p) is int], datasets, marks)
+
+
+def _hashable(value: Any) -> Any:
+    """A key as the delivery check can hold it: objects and arrays by their text."""
+    return str(value) if isinstance(value, dict | list) else value
+
+
+@dataclass
+class Tracking:
+    """The delivery check of a run, kept as records are accepted (stored or not): distinct
+    ids, ids accepted again, and records whose per-key sequence number is lower than one
+    already accepted for their key. Memory grows with the distinct ids and keys of one
+    run (a set entry each), not with the records' bodies."""
+
+    key_field: str = "key"
+    seq_field: str = "seq"
+    ids: set[str] = field(default_factory=set)
+    last_seq: dict[Any, Any] = field(default_factory=dict)
+    duplicates: int = 0
+    reordered: int = 0
+    unkeyed: int = 0  # no key or no sequence number: counted, not checked for order
+
+    @property
+    def fields(self) -> tuple[str, str]:
+        return self.key_field, self.seq_field
+
+    def add(self, marks: list[Mark]) -> None:
+        ids, last_seq = self.ids, self.last_seq
+        for rid, key, seq in marks:
+            if rid in ids:  # a replay of an old record: not an ordering fault
+                self.duplicates += 1
+                continue
+            ids.add(rid)
+            if key is None or type(seq) is not int:
+                self.unkeyed += 1
+                continue
+            last = last_seq.get(key)
+            if last is not None and seq < last:
+                self.reordered += 1
+            else:
+                last_seq[key] = seq
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "keyField": self.key_field,
+            "seqField": self.seq_field,
+            "distinct": len(self.ids),
+            "duplicates": self.duplicates,
+            "reordered": self.reordered,
+            "keys": len(self.last_seq),
+            "unkeyed": self.unkeyed,
+        }
+
+
+@dataclass
+class Concurrency:
+    """API calls being served at once: the maximum, and the mean over the time from the
+    first call's arrival to the last call's answer (the integral of the count over time)."""
+
+    now: int = 0
+    max: int = 0
+    area: float = 0.0
+    first: float = 0.0
+    changed: float = 0.0
+
+    def _move(self, step: int) -> None:
+        t = time.monotonic()
+        if not self.first:
+            self.first = self.changed = t
+        self.area += self.now * (t - self.changed)
+        self.changed = t
+        self.now += step
+        self.max = max(self.max, self.now)
+
+    def enter(self) -> None:
+        self._move(1)
+
+    def leave(self) -> None:
+        self._move(-1)
+
+    def summary(self) -> dict[str, Any]:
+        span = self.changed - self.first
+        return {
+            "now": self.now,
+            "max": self.max,
+            "mean": round(self.area / span, 3) if span > 0 else None,
+            "seconds": round(span, 3),
+        }
 
 
 @dataclass
@@ -102,6 +206,13 @@ class EmulatorState:
     initial_done: set[str] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=dict)
     _windows: dict[str, deque[float]] = field(default_factory=dict)
+    # Every call with a valid token in the last second (refused ones too), and the most
+    # seen in any one-second window: what Clari's 100 calls/s per token is judged on.
+    _calls: dict[str, deque[float]] = field(default_factory=dict)
+    max_calls_in_second: dict[str, int] = field(default_factory=dict)
+    in_flight: Concurrency = field(default_factory=Concurrency)
+    tracking: Tracking | None = None
+    last_response: float = 0.0  # when the last API call was answered
     rng: random.Random = field(default_factory=random.Random)
     latencies_ms: list[int] = field(default_factory=list)
     first_request: float = 0.0  # when the first API call began to arrive
@@ -120,6 +231,12 @@ class EmulatorState:
         self.initial_done.clear()
         self.counters.clear()
         self._windows.clear()
+        self._calls.clear()
+        self.max_calls_in_second.clear()
+        self.in_flight = Concurrency()
+        if self.tracking is not None:
+            self.tracking = Tracking(*self.tracking.fields)
+        self.last_response = 0.0
         self.faults = Faults()
         self.latencies_ms.clear()
         self.first_request = self.first_accept = self.last_accept = 0.0
@@ -137,13 +254,24 @@ class EmulatorState:
     def over_rate(self, token: str) -> bool:
         """Sliding one-second window per token, as Clari's 100 requests/s per API token."""
         now = time.monotonic()
+        calls = self._calls.setdefault(token, deque())
+        calls.append(now)
+        while now - calls[0] >= 1.0:
+            calls.popleft()
+        if len(calls) > self.max_calls_in_second.get(token, 0):
+            self.max_calls_in_second[token] = len(calls)
         window = self._windows.setdefault(token, deque())
         while window and now - window[0] >= 1.0:
             window.popleft()
         if len(window) >= self.rate_limit:
+            self.count("rate_limited")
             return True
         window.append(now)
         return False
+
+    def track_fields(self) -> tuple[str, str] | None:
+        """The key and sequence fields to read from each record, when records are tracked."""
+        return self.tracking.fields if self.tracking is not None else None
 
     def accept(self, received: Received, meta: dict[str, Any]) -> int:
         now_ms = int(time.time() * 1000)
@@ -161,6 +289,8 @@ class EmulatorState:
                             "record": rec,
                         }
                     )
+        if self.tracking is not None:
+            self.tracking.add(received.marks)
         self.count("records_accepted", n)
         if n:
             self.first_accept = self.first_accept or time.time()

@@ -135,6 +135,13 @@ async def test_failed_job_answers_500(client: TestClient) -> None:  # type: igno
 async def test_rate_limit_is_100_per_second_per_token(client: TestClient) -> None:  # type: ignore[type-arg]
     statuses = [(await client.post(URL, data=ds(rec(i)), headers=AUTH)).status for i in range(120)]
     assert statuses.count(429) >= 1 and statuses[:100].count(200) == 100
+    stats = await (await client.get("/_emulator/stats")).json()
+    # Refused calls count towards the busiest second: that is what a client must avoid.
+    assert stats["counters"]["rate_limited"] == statuses.count(429)
+    assert stats["counters"]["status_429"] == statuses.count(429)
+    assert stats["counters"]["status_200"] == statuses.count(200)
+    assert stats["maxCallsInAnySecond"] >= 101
+    assert stats["maxCallsInAnySecondByToken"] == {"tok": stats["maxCallsInAnySecond"]}
 
 
 async def test_faults_are_settable_at_run_time(client: TestClient) -> None:  # type: ignore[type-arg]
@@ -230,7 +237,9 @@ def test_quick_check_agrees_with_check_datasets(body: bytes) -> None:
     assert (quick is not None) == (not errors), errors
     if quick is not None:
         full = Received.of(datasets)
-        assert quick == (full.count, full.stamps)
+        assert quick == (full.count, full.stamps, [])
+        tracked = quick_check(body, 100, ("key", "seq"))
+        assert tracked == (full.count, full.stamps, Received.of(datasets, ("key", "seq")).marks)
 
 
 @pytest.fixture
@@ -287,3 +296,56 @@ async def _received_then_accepted(counting: TestClient) -> None:  # type: ignore
     ended = await (await counting.get("/_emulator/stats")).json()
     assert ended["lastAcceptAt"] > submitted["lastReceiptAt"] == ended["lastReceiptAt"]
     assert ended["firstReceiptRecords"] == 2
+
+
+# --- what the benchmark reads ----------------------------------------------------------------
+def keyed(i: int, key: str, seq: int) -> dict[str, object]:
+    return rec(i, key=key, seq=seq)
+
+
+@pytest.mark.parametrize("store", [True, False])
+async def test_tracking_counts_distinct_duplicated_and_reordered_per_key(store: bool) -> None:
+    state = EmulatorState(api_token="tok", partner_key="pk", store_records=store)
+    async with TestClient(TestServer(build_app(state))) as client:
+        r = await client.post("/_emulator/tracking", json={"key_field": "key", "seq_field": "seq"})
+        assert r.status == 200 and (await r.json())["distinct"] == 0
+        calls = [
+            [keyed(1, "a", 0), keyed(2, "b", 0), keyed(3, "a", 1)],
+            [keyed(5, "a", 3), keyed(6, "b", 1)],
+            [keyed(4, "a", 2), keyed(2, "b", 0), rec(7)],  # a's 2 after its 3; b's 0 again
+        ]
+        for body in calls:
+            assert (await client.post(URL, data=ds(*body), headers=AUTH)).status == 200
+        got = await (await client.get("/_emulator/tracking")).json()
+        assert got == {
+            "keyField": "key", "seqField": "seq", "distinct": 7, "duplicates": 1,
+            "reordered": 1, "keys": 2, "unkeyed": 1,
+        }  # fmt: skip
+        progress = await (await client.get("/_emulator/progress")).json()
+        assert progress["tracking"] == got and progress["counters"]["records_accepted"] == 8
+        bad = await client.post("/_emulator/tracking", json={"key_fields": "k"})
+        assert bad.status == 400
+
+
+async def test_tracking_follows_bulk_files_once_their_jobs_end(counting: TestClient) -> None:  # type: ignore[type-arg]
+    await counting.post("/_emulator/tracking", json={})
+    status, body = await bulk(counting, ds(*[keyed(i, f"k{i % 3}", i // 3) for i in range(30)]))
+    assert status == 202
+    await poll(counting, body["jobId"])
+    got = await (await counting.get("/_emulator/tracking")).json()
+    assert (got["distinct"], got["keys"], got["reordered"]) == (30, 3, 0)
+
+
+async def test_calls_in_flight_are_counted_while_they_are_served() -> None:
+    state = EmulatorState(api_token="tok", partner_key="pk", rate_limit=1_000)
+    state.faults.latency_ms = 150
+    async with TestClient(TestServer(build_app(state))) as client:
+        calls = [client.post(URL, data=ds(rec(i)), headers=AUTH) for i in range(5)]
+        assert {r.status for r in await asyncio.gather(*calls)} == {200}
+        assert (await client.post(URL, data=ds(rec(9)), headers=AUTH)).status == 200
+        stats = await (await client.get("/_emulator/stats")).json()
+    flight = stats["callsInFlight"]
+    assert flight["max"] == 5 and flight["now"] == 0
+    # Five at once for 150 ms, then one for 150 ms: a mean of about 3 over about 0.3 s.
+    assert 2.0 < flight["mean"] <= 5 and flight["seconds"] >= 0.3
+    assert stats["lastResponseAt"] >= stats["firstRequestAt"]

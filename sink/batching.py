@@ -367,17 +367,45 @@ class Batcher:
                 calls.append(batch)
                 into[tp] = (batch, ids)
         if into and self.group_of is None:
-            # Fill the calls up with their partitions' younger batches of idle lanes:
-            # their linger would end a few milliseconds later each, one small call apiece.
+            # Fill the calls up with their partitions' younger batches of idle lanes
+            # (their linger would end a few milliseconds later each, one small call
+            # apiece), and with the head of the first one that does not fit whole: the
+            # merged call holds its lane, so the rest of it follows in order.
             for slot in list(self._open):
                 call = into.get(slot[0][:2])
-                if call is not None and (may_send is None or may_send(slot[0])):
-                    batch, ids = call
-                    if self._fits(batch, self._open[slot], ids):
-                        ids.update(self._open[slot].ids)
-                        batch.absorb(self._close(slot))
-                        batch.id = _name(batch)
+                if call is None or not (may_send is None or may_send(slot[0])):
+                    continue
+                batch, ids = call
+                opened = self._open[slot]
+                if self._fits(batch, opened, ids):
+                    ids.update(opened.ids)
+                    batch.absorb(self._close(slot))
+                elif (head := self._head(slot, batch, ids)) is not None:
+                    batch.absorb(head)
+                    del into[slot[0][:2]]  # full, or nothing more fits
+                batch.id = _name(batch)
         return calls
+
+    def _head(self, slot: _Slot, call: Batch, ids: set[Any]) -> Batch | None:
+        """The first records of ``slot``'s batch that fit in ``call`` (count, bytes, and
+        no id ``call`` holds), taken from it; None if not even one fits."""
+        opened = self._open[slot]
+        batch = opened.batch
+        room = self.max_records - call.count
+        sizes = list(map(len, batch.bodies()[:room]))
+        total = list(accumulate(sizes, initial=call.nbytes))
+        count = bisect_right(total, self.max_bytes) - 1
+        rids = batch.head_ids(count)
+        count = _first_repeat(rids, ids)
+        if count == 0:
+            return None
+        head = batch.split(count)
+        taken = {r for r in rids[:count] if r is not None}
+        ids.update(taken)
+        opened.ids.difference_update(taken)
+        self.buffered_records -= count
+        self.buffered_bytes -= head.nbytes
+        return head
 
     def _fits(self, batch: Batch, opened: _Open, ids: set[Any]) -> bool:
         more = opened.batch

@@ -294,6 +294,28 @@ class Batch:
         self.lanes = (*self.lanes, *other.lanes)
         self.key_set = self.shown_keys = None
 
+    def head_ids(self, count: int) -> list[Any]:
+        """The ids of the first ``count`` records, without making records."""
+        if self._rids is not None:
+            return self._rids[:count]
+        return [r.rid for r in self._records[:count]]
+
+    def split(self, count: int) -> Batch:
+        """Take this batch's first ``count`` records away, as a new batch of the same
+        lane and group (a lingered lane's head, to fill a merged call)."""
+        head = Batch(id="", group=self.group, opened_at=self.opened_at)
+        head.lanes = self.lanes
+        msgs, rids = self._messages, self._rids
+        if msgs is not None and rids is not None:
+            head._messages, head._rids = msgs[:count], rids[:count]
+            self._messages, self._rids = msgs[count:], rids[count:]
+        else:
+            head._records, self._records = self._records[:count], self._records[count:]
+        head.nbytes = sum(map(len, head.bodies()))
+        self.nbytes -= head.nbytes
+        self.offsets = self.key_set = self.shown_keys = None
+        return head
+
     def extend(self, records: list[SinkRecord], nbytes: int) -> None:
         """Add records (``nbytes`` their bodies' size); their keys and offsets are found
         when asked for, from all the records."""

@@ -223,3 +223,22 @@ def test_attribute_grouping_lanes_work_with_groups() -> None:
     b = Batcher(max_records=2, max_bytes=10_000, linger_s=1.0, lanes=4,
                 group_of=grouping_function("key", None))  # fmt: skip
     assert b.needs_data
+
+
+def test_a_merged_call_takes_the_head_of_a_lane_that_does_not_fit_whole() -> None:
+    """Two lanes of 62 records each, batches of 100: one call of 100 (the second lane's
+    head), then the rest of that lane, in order."""
+    b = Batcher(max_records=100, max_bytes=1_000_000, linger_s=0.0, group_of=None, lanes=2)
+    keys = [k for k in (b"k%d" % i for i in range(50)) if b.lane_of("t", 0, k, 0)[2] == 0][:1]
+    keys += [k for k in (b"k%d" % i for i in range(50)) if b.lane_of("t", 0, k, 0)[2] == 1][:1]
+    spec = [(i, keys[i % 2].decode()) for i in range(124)]
+    closed, _ = b.add_messages(msgs(spec), list(range(124)))
+    assert closed == []
+    (call,) = b.due(limit=1)
+    assert call.count == 100 and len(call.lanes) == 2
+    assert [r.offset for r in call.records] == sorted(r.offset for r in call.records)
+    (rest,) = b.due()
+    assert rest.count == 24 and rest.lanes == (call.lanes[1],)
+    first_of_rest = rest.records[0].offset
+    assert all(r.offset < first_of_rest for r in call.records if r.key == rest.records[0].key)
+    assert b.buffered_records == 0 and b.buffered_bytes == 0

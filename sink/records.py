@@ -259,12 +259,11 @@ class Batch:
         if self._messages is None or self._rids is None:
             self._messages, self._rids = [], []
             self.offsets = {}
+        held = self.held_offsets()  # found again if a split dropped them
         self._messages.extend(msgs)
         self._rids.extend(rids)
         self.nbytes += nbytes
         self.key_set = None  # found when asked for: dispatch no longer needs the keys
-        held = self.offsets
-        assert held is not None  # kept while it holds messages
         for tp, offs in (message_offsets(msgs) if offsets is None else offsets).items():
             if tp in held:
                 held[tp].extend(offs)

@@ -242,3 +242,18 @@ def test_a_merged_call_takes_the_head_of_a_lane_that_does_not_fit_whole() -> Non
     first_of_rest = rest.records[0].offset
     assert all(r.offset < first_of_rest for r in call.records if r.key == rest.records[0].key)
     assert b.buffered_records == 0 and b.buffered_bytes == 0
+
+
+def test_a_lane_split_for_a_merged_call_keeps_filling() -> None:
+    b = Batcher(max_records=10, max_bytes=1_000_000, linger_s=0.0, group_of=None, lanes=2)
+    keys = [k for k in (b"k%d" % i for i in range(50)) if b.lane_of("t", 0, k, 0)[2] == 0][:1]
+    keys += [k for k in (b"k%d" % i for i in range(50)) if b.lane_of("t", 0, k, 0)[2] == 1][:1]
+    b.add_messages(msgs([(i, keys[i % 2].decode()) for i in range(14)]), list(range(14)))
+    (call,) = b.due(limit=1)  # 7 + the head (3) of the other lane
+    assert call.count == 10
+    closed, _ = b.add_messages(msgs([(i, keys[1].decode()) for i in range(14, 30)]),
+                               list(range(14, 30)))  # fmt: skip
+    later = [*closed, *b.flush()]
+    offsets = [r.offset for x in later for r in x.records]
+    assert offsets == sorted(offsets) and len(offsets) == 30 - 10
+    assert all(x.covered() == {("t", 0): [r.offset for r in x.records]} for x in later)

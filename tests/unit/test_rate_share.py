@@ -1,0 +1,27 @@
+"""One token's rate shared by the group's members (sink/rate_share.py)."""
+
+from __future__ import annotations
+
+from sink.rate_share import RateShare
+
+
+def test_each_member_takes_its_partitions_share_and_the_sum_never_passes_the_token() -> None:
+    applied: list[float] = []
+    a = RateShare(100.0, "partitions", applied.append)
+    b = RateShare(100.0, "partitions", lambda r: None)
+    a.update(6, 6)  # alone: the whole rate
+    assert a.current == 100.0
+    # B joins: A's revoke lowers A first (total known), then B's assignment raises B.
+    a.update(3, None)
+    assert a.current == 50.0
+    b.update(3, 6)
+    assert a.current + b.current == 100.0
+    assert applied == [50.0]  # only changes are applied
+    a.update(0, 6)  # nothing assigned: a single partition's share, never zero
+    assert a.current == 100.0 / 6
+
+
+def test_sharing_none_keeps_the_whole_rate_per_member() -> None:
+    share = RateShare(100.0, "none", lambda r: None)
+    share.update(1, 6)
+    assert share.current == 100.0

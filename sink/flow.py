@@ -172,7 +172,7 @@ class Dispatcher:
             now = time.monotonic()
             wait = self.pace.wait_s(now)
             if wait > 0:
-                if self.ready or cut or self.batcher.lingering():
+                if self.ready or cut or self.flushing or self.batcher.lingering():
                     self._wake_in(wait)
                 break
             if self.ready:

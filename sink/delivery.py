@@ -22,7 +22,7 @@ from sink.http_client import HttpClient, HttpResult
 from sink.metrics import Metrics
 from sink.records import Batch, SinkRecord
 from sink.replay import Replayer
-from sink.reporting import Reporter, parse_body
+from sink.reporting import Reporter, encodable, json_text, parse_body
 from sink.retry import PUSHBACK, Backoff, Verdict, classify, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -66,11 +66,16 @@ class JobResult:
 
 
 def job_id_of(body: Any) -> str | None:
-    """The job id an answer names, as text (checked against JOB_ID by the caller)."""
+    """The job id an answer names, as text, whatever it is (the caller checks it against
+    JOB_ID: a float, a list or 100 kB of text is named, then refused)."""
     if isinstance(body, dict):
         job = body.get("jobId") or body.get("job_id")
-        if isinstance(job, str | int) and not isinstance(job, bool):
+        if isinstance(job, str):
+            return job
+        if isinstance(job, int) and not isinstance(job, bool):
             return str(job)
+        if job:  # true, 1e+30, a list: in brackets, so that JOB_ID refuses them
+            return f"({json_text(job)[:256]})"
     return None
 
 
@@ -410,7 +415,11 @@ class Delivery:
     def _redirect_note(self, res: HttpResult) -> str:
         """What a 3xx said, for the response message, the dead letters and /readyz."""
         location = res.headers.get("Location")  # aiohttp spells known names so
-        where = self.builder.mask_text(location[:LOCATION_CHARS]) if location else "(no Location)"
+        where = (
+            self.builder.mask_text(encodable(location[:LOCATION_CHARS]))
+            if location
+            else "(no Location)"
+        )
         return (
             f"HTTP {res.status} redirect to {where} not followed: it would send the "
             "credentials there (check CLARI_BASE_URL / CLARI_URL)"

@@ -79,6 +79,7 @@ class AsyncProducer:
         self._producer = Producer({**base, **conf})
         self._conf = conf  # the connection settings, for the admin client of message_limit()
         self._limits: dict[str, tuple[int | None, float]] = {}  # topic → (limit, asked at)
+        self._asking = asyncio.Lock()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="producer-poll", daemon=True)
         self._thread.start()
@@ -116,11 +117,13 @@ class AsyncProducer:
     async def message_limit(self, topic: str) -> int:
         """The largest message ``topic`` takes: the producer's limit, or the topic's
         ``max.message.bytes`` if lower (as the broker says; the producer's if it cannot)."""
-        now = time.monotonic()
-        known = self._limits.get(topic)
-        if known is None or now - known[1] > TOPIC_LIMIT_TTL_S:
-            known = (await asyncio.to_thread(self._topic_limit, topic), now)
-            self._limits[topic] = known
+        # One question at a time: a batch of large records all ask at once.
+        async with self._asking:
+            now = time.monotonic()
+            known = self._limits.get(topic)
+            if known is None or now - known[1] > TOPIC_LIMIT_TTL_S:
+                known = (await asyncio.to_thread(self._topic_limit, topic), now)
+                self._limits[topic] = known
         return min(known[0] or PRODUCER_MESSAGE_MAX_BYTES, PRODUCER_MESSAGE_MAX_BYTES)
 
     def _topic_limit(self, topic: str) -> int | None:

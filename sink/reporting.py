@@ -94,6 +94,28 @@ def json_text(value: Any) -> str:
         return f"<{type(value).__name__} that cannot be encoded as JSON>"
 
 
+def encodable(text: str) -> str:
+    """``text`` as valid UTF-8: aiohttp decodes header bytes that are not UTF-8 into lone
+    surrogates, which orjson and str.encode() refuse; they are written as \\udcxx."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def _scrubbed(value: Any) -> Any:
+    """A response message with every string encodable (its body is text by then: the
+    message is a few levels deep, built here)."""
+    if isinstance(value, str):
+        return encodable(value)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v) for v in value]
+    return value
+
+
 def _cut_text(data: bytes, limit: int) -> str:
     """The first ``limit`` bytes of ``data`` as text (a character cut in two is dropped)."""
     return data[:limit].decode("utf-8", "ignore" if len(data) > limit else "replace")
@@ -197,7 +219,7 @@ class Reporter:
         try:
             text = orjson.dumps(message).decode()
         except TypeError:
-            text = orjson.dumps({**message, **_answer_body(body, True, limit)}).decode()
+            text = orjson.dumps(_scrubbed({**message, **_answer_body(body, True, limit)})).decode()
         return self._mask(text).encode()
 
     async def dead_letter(
@@ -216,7 +238,7 @@ class Reporter:
         error_text = (
             error if isinstance(error, str) else (json_text(error) if error is not None else "")
         )
-        error_text = self._mask(error_text[:65_536])[:16_384]
+        error_text = self._mask(encodable(error_text[:65_536]))[:16_384]
         failed_at = _now_iso().encode()
         writes = []
         for r in records:
@@ -293,9 +315,9 @@ class Reporter:
                     "ACLs or max.message.bytes; offsets stay uncommitted until then",
                 )
                 log.error(
-                    "topic '%s' refuses writes (%s), which no retry can cure: fix the "
-                    "topic's name, ACLs or max.message.bytes. The affected offsets stay "
-                    "uncommitted; the write is tried again in %.0fs",
+                    "cannot write to topic '%s': it refuses writes (%s), which is not a "
+                    "passing fault: fix the topic's name, ACLs or max.message.bytes. The "
+                    "affected offsets stay uncommitted; the write is tried again in %.0fs",
                     topic,
                     err.error,
                     delay,

@@ -66,6 +66,19 @@ async def test_a_redirect_is_not_followed_and_the_batch_is_dead_lettered_naming_
     assert "redirect" in s.health.problems()["api"]["message"]
 
 
+async def test_a_redirect_to_a_location_that_is_not_utf8_is_named_all_the_same() -> None:
+    def answer(n: int) -> bytes:
+        return b"HTTP/1.1 302 Found\r\nLocation: http://x.invalid/\xff\xfe\r\n\r\n"
+
+    async with serve_raw(answer) as url, sink(url) as s:
+        await asyncio.wait_for(s.delivery.deliver(batch([record(1)])), 20)
+
+    (dead,) = s.dead()
+    assert dead.headers["clari-sink.error.reason"] == b"redirected"
+    assert b"http://x.invalid/\\udcff\\udcfe" in dead.headers["clari-sink.error.body"]
+    assert "http://x.invalid/\\udcff\\udcfe" in s.responses()[0]["error"]
+
+
 async def test_a_job_status_redirect_is_not_followed() -> None:
     stolen: list[str] = []
 
@@ -219,14 +232,22 @@ async def test_a_status_http_does_not_define_is_retried_not_blamed_on_the_record
     assert delivered(s) == 2
 
 
-async def test_a_job_id_that_is_not_one_is_not_followed() -> None:
+@pytest.mark.parametrize(
+    "job_id", ["x" * 100_000, "../../admin", 10**30, 1.5, [JOB_ID], {"id": JOB_ID}, True]
+)
+async def test_a_job_id_that_is_not_one_is_not_followed(job_id: Any) -> None:
     polls: list[str] = []
-    huge = "x" * 100_000
 
     async def clari(request: web.Request) -> web.Response:
         if request.method == "POST":
             await request.read()
-            return web.json_response({"jobId": huge}, status=202)
+            return web.Response(
+                status=202,
+                body=b'{"jobId": ' + str(job_id).encode() + b"}"
+                if job_id == 10**30
+                else orjson.dumps({"jobId": job_id}),
+                content_type="application/json",
+            )
         polls.append(request.path)
         return web.json_response({"message": {"status": "SUCCESS"}})
 

@@ -40,7 +40,6 @@ TOPIC_ERRORS = frozenset(
         KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
         KafkaError._INVALID_ARG,
         KafkaError._UNKNOWN_TOPIC,  # the topic does not exist and is not created on use
-        KafkaError._FATAL,
     }
 )
 

@@ -289,3 +289,25 @@ async def test_a_job_state_the_api_makes_up_is_not_a_metric_label() -> None:
     }
     assert states == {"OTHER"}
     assert len(s.dead()) == 1
+
+
+async def test_a_credential_echoed_in_a_401_is_not_shown_on_readyz() -> None:
+    calls: list[int] = []
+    problems: list[str] = []
+
+    async def clari(request: web.Request) -> web.Response:
+        await request.read()
+        calls.append(1)
+        if len(calls) == 1:
+            echo = {"error": f"bad key {request.headers['apikey']}", "pad": "z" * 100_000}
+            return web.json_response(echo, status=401)
+        problems.append(s.health.problems()["auth"]["message"])
+        return web.Response(status=200)
+
+    async with serve(clari) as url, sink(url) as s:
+        await asyncio.wait_for(s.delivery.deliver(batch([record(1)])), 20)
+
+    (shown,) = problems
+    assert "bad key ****" in shown and TOKEN not in shown
+    assert len(shown) < 1_000
+    assert TOKEN.encode() not in s.outputs()

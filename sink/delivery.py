@@ -16,19 +16,46 @@ from dataclasses import dataclass
 from typing import Any
 
 from sink.config import Settings
-from sink.endpoint import EndpointBuilder
+from sink.endpoint import EndpointBuilder, PreparedRequest
 from sink.health import Health
 from sink.http_client import HttpClient, HttpResult
 from sink.metrics import Metrics
-from sink.records import Batch
+from sink.records import Batch, SinkRecord
 from sink.replay import Replayer
-from sink.reporting import Reporter, parse_body
+from sink.reporting import Reporter, encodable, json_text, parse_body
 from sink.retry import PUSHBACK, Backoff, Verdict, classify, parse_retry_after
 
 log = logging.getLogger(__name__)
 
 PENDING_JOB_STATES = frozenset({"QUEUED", "IN_PROGRESS", "PENDING", "RUNNING"})
 VALIDATION_STATES = frozenset({"VALIDATION_ERROR", "VALIDATION_FAILED"})
+# The states a job can end in here; any other the API names is counted as OTHER (a metric
+# label per string an API makes up would grow without bound).
+JOB_END_STATES = frozenset(
+    {"SUCCESS", "FAILED", "VALIDATION_ERROR", "NOT_FOUND", "TIMEOUT", "REDIRECTED"}
+)
+# What a job id looks like (Clari's are 24 hex characters). Anything else is not followed:
+# it goes into the job-status URL, every response message and the logs.
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+# Naming culprits in an error body (rejected_ids). Values under these keys are ids.
+ID_KEYS = frozenset(
+    {"id", "ids", "recordid", "recordids", "record_id", "record_ids", "primarykey", "externalid"}
+)
+# In free text (Clari's "... for record with id X", "Duplicate record with value X ..."),
+# a word right after one of these names an id, whatever it looks like; any other word
+# must be a non-numeric id to count: "Data set 7" or "limit to 100" name no record.
+NAMING_WORDS = frozenset({"id", "ids", "value", "key", "record", "recordid"})
+_QUOTES = "'\"`\u2018\u2019\u201c\u201d"
+_TOKEN_EDGES = _QUOTES + "()[]{}<>,;:.!?"
+BODY_NODE_BUDGET = 200_000  # values of an error body walked at most (a 1 MiB body holds fewer)
+
+# A 400 that names no record is split in halves to find the culprits, except for these
+# codes: they refuse the whole call (integration off, no schema, not a file), so every
+# half would be refused again.
+BATCH_WIDE_ERRORS = frozenset({"INVALID_CONFIGURATION", "INVALID_FILE_FORMAT", "SCHEMA_MISSING"})
+HEALTH_BODY_CHARS = 512  # of an answer's body shown on /readyz
+LOCATION_CHARS = 2_048  # of a redirect's Location named in responses and dead letters
 
 
 @dataclass(slots=True)
@@ -39,10 +66,16 @@ class JobResult:
 
 
 def job_id_of(body: Any) -> str | None:
+    """The job id an answer names, as text, whatever it is (the caller checks it against
+    JOB_ID: a float, a list or 100 kB of text is named, then refused)."""
     if isinstance(body, dict):
         job = body.get("jobId") or body.get("job_id")
-        if isinstance(job, str | int):
+        if isinstance(job, str):
+            return job
+        if isinstance(job, int) and not isinstance(job, bool):
             return str(job)
+        if job:  # true, 1e+30, a list: in brackets, so that JOB_ID refuses them
+            return f"({json_text(job)[:256]})"
     return None
 
 
@@ -52,7 +85,7 @@ def job_state_of(res: HttpResult) -> tuple[str | None, Any]:
     inner = body.get("message") if isinstance(body, dict) else None
     state = inner.get("status") if isinstance(inner, dict) else None
     if isinstance(state, str):
-        state = state.upper()
+        state = state.upper()[:64]
         return ("VALIDATION_ERROR" if state in VALIDATION_STATES else state), inner
     # The spec's 400 and 500 bodies carry no status field: the HTTP status says it.
     if res.status == 400:
@@ -67,14 +100,73 @@ def job_state_of(res: HttpResult) -> tuple[str | None, Any]:
 
 
 def rejected_ids(body: Any, batch: Batch, id_field: str) -> set[str]:
-    """Ids of the batch's records that the API's error body names (e.g. a duplicate id)."""
-    text = str(body)
+    """Ids of the batch's records that the API's error body names (e.g. a duplicate id).
+
+    The body's structure is walked, not its text searched: values under id keys (ids
+    compared as text, so 7 and "7" both name record 7), whole strings equal to a string
+    id, and ids in free text where a word like "id" or quotes mark them (see
+    NAMING_WORDS). Numbers elsewhere (positions, counts, limits) name nothing. Work is
+    linear in the body and the batch: one set lookup per value or word."""
+    wanted: dict[str, Any] = {str(r.rid): r.rid for r in batch.records if r.rid is not None}
+    if not wanted or body is None:
+        return set()
+    id_keys = ID_KEYS | {id_field.lower()}
     found: set[str] = set()
-    for r in batch.records:
-        rid = r.rid
-        if rid is not None and re.search(rf"(?<![\w-]){re.escape(str(rid))}(?![\w-])", text):
-            found.add(str(rid))
+    stack: list[tuple[Any, bool]] = [(body, False)]
+    budget = BODY_NODE_BUDGET
+    while stack and budget > 0:
+        node, under_id = stack.pop()
+        budget -= 1
+        if isinstance(node, dict):
+            stack.extend(
+                (v, under_id or (isinstance(k, str) and k.lower() in id_keys))
+                for k, v in node.items()
+            )
+        elif isinstance(node, list):
+            stack.extend((v, under_id) for v in node)  # a list under "ids" holds ids
+        elif isinstance(node, bool) or node is None or isinstance(node, float):
+            continue  # true, null and 7.0 are nobody's id
+        elif isinstance(node, int):
+            if under_id and str(node) in wanted:
+                found.add(str(node))
+        elif isinstance(node, str):
+            if node in wanted and (under_id or isinstance(wanted[node], str)):
+                found.add(node)
+            elif not under_id:
+                _ids_in_text(node, wanted, found)
     return found
+
+
+def _ids_in_text(text: str, wanted: dict[str, Any], found: set[str]) -> None:
+    previous = ""
+    for word in text.split():
+        bare = word.strip(_TOKEN_EDGES)
+        if bare in wanted:
+            rid = wanted[bare]
+            plain_text_id = isinstance(rid, str) and not bare.isdecimal()
+            if plain_text_id or previous in NAMING_WORDS or word[:1] in _QUOTES:
+                found.add(bare)
+        previous = bare.lower()
+
+
+def splittable(status: int | None, body: Any, count: int) -> bool:
+    """Whether a refusal naming no record is worth splitting the batch in halves for: a
+    400 (what Clari answers for one bad record), more than one record, and no error code
+    that refuses the whole call whatever it holds."""
+    if status != 400 or count < 2:
+        return False
+    errors = body if isinstance(body, list) else [body]
+    codes = {e.get("errorCode") for e in errors if isinstance(e, dict)}
+    codes.discard(None)
+    return not codes or not codes <= BATCH_WIDE_ERRORS
+
+
+def sub_batch(batch: Batch, records: list[SinkRecord], part: int) -> Batch:
+    """Part ``part`` (1 or 2) of ``batch``: its own id for the response topic, and
+    isLastBatch only on the part that ends the batch."""
+    sub = Batch(id=f"{batch.id}.{part}", group=batch.group, records=records)
+    sub.is_last = batch.is_last and part == 2
+    return sub
 
 
 class Delivery:
@@ -109,9 +201,13 @@ class Delivery:
         """Deliver ``batch``. ``on_sent`` is called once the API has given its final answer
         (no further call will be made for this batch), before that answer is published:
         the caller may then let the next batch with the same keys go, and start another."""
+        await self._unpark(batch)  # handed back parked by a rebalance
+        await self._deliver(batch, on_sent)
+
+    async def _deliver(self, batch: Batch, on_sent: Callable[[], None]) -> None:
+        """deliver() for ``batch`` or a part of it (see splittable())."""
         attempt = 0  # calls that count against RETRY_MAX_ATTEMPTS
         calls = 0
-        await self._unpark(batch)  # handed back parked by a rebalance
         while batch.count:
             calls += 1
             req = self.builder.build(batch, batch.is_last)
@@ -123,6 +219,17 @@ class Delivery:
             job_id = job_id_of(body) if verdict is Verdict.OK else None
             if verdict is not Verdict.AUTH:
                 attempt += 1
+
+            if job_id is not None and not JOB_ID.fullmatch(job_id):
+                if not self.follow_jobs:
+                    job_id = None  # not followed anyway: only not repeated everywhere
+                else:
+                    # Clari may hold the file, but its job cannot be followed: let a person
+                    # look (the answer is on the response topic) and replay the records.
+                    res.error = f"the answer's jobId is not a job id: {job_id[:64]!r}"
+                    on_sent()
+                    await self._final_error(batch, req, res, calls, "invalid-job-id", res.error)
+                    return
 
             if verdict is Verdict.OK:
                 self.health.clear("api")
@@ -148,6 +255,18 @@ class Delivery:
                         await self._publish_job(batch, job, job_id, calls, "delivered")
                         return self._delivered(batch)
                     await self._unpark(batch)  # to dead-letter them, or submit them again
+                    if job.state == "REDIRECTED":
+                        on_sent()
+                        await self._publish_job(batch, job, job_id, calls, "dead-lettered")
+                        await self.reporter.dead_letter(
+                            batch.records,
+                            reason="redirected",
+                            batch_id=batch.id,
+                            status=job.result.status,
+                            error=job.errors,
+                            attempts=calls,
+                        )
+                        return
                     if job.state == "VALIDATION_ERROR":
                         on_sent()
                         await self._publish_job(batch, job, job_id, calls, "dead-lettered")
@@ -165,8 +284,10 @@ class Delivery:
                     if self._exhausted(attempt):
                         on_sent()
                     await self._publish_job(batch, job, job_id, calls, outcome)
+                    # A state the API made up is "failed": reasons are metric labels too.
+                    ended = job.state if job.state in JOB_END_STATES else "FAILED"
                     if await self._gave_up(
-                        batch, attempt, calls, f"job-{job.state.lower()}", job.result, job.errors
+                        batch, attempt, calls, f"job-{ended.lower()}", job.result, job.errors
                     ):
                         return
                     continue
@@ -181,6 +302,13 @@ class Delivery:
                     job_id=job_id,
                 )
                 return self._delivered(batch)
+
+            if verdict is Verdict.REDIRECT:
+                res.error = self._redirect_note(res)
+                self.health.fail("api", res.error)
+                on_sent()
+                await self._final_error(batch, req, res, calls, "redirected", res.error)
+                return
 
             if verdict is Verdict.REJECT:
                 ids = rejected_ids(body, batch, self.s.clari_id_field)
@@ -201,6 +329,18 @@ class Delivery:
                     )
                     batch.records = [r for r in batch.records if id(r) not in gone]
                     continue
+                if not ids and splittable(res.status, body, batch.count):
+                    # Named no one: send each half on its own, the first before the second
+                    # (a key may be in both), until the culprits stand alone. A bad record
+                    # costs two calls per halving: 2·log2(n) at most.
+                    records = batch.records
+                    half = (len(records) + 1) // 2
+                    await self.reporter.api_call(
+                        batch, req, res, attempt=calls, outcome="split", kind=self.kind
+                    )
+                    await self._deliver(sub_batch(batch, records[:half], 1), lambda: None)
+                    await self._deliver(sub_batch(batch, records[half:], 2), on_sent)
+                    return
                 on_sent()
                 await self.reporter.api_call(
                     batch, req, res, attempt=calls, outcome="dead-lettered", kind=self.kind
@@ -216,7 +356,10 @@ class Delivery:
                 return
 
             if verdict is Verdict.AUTH:
-                self.health.fail("auth", f"credential rejected: HTTP {res.status} {body}")
+                shown = self.builder.mask_text(
+                    res.body[:HEALTH_BODY_CHARS].decode("utf-8", "replace")
+                )
+                self.health.fail("auth", f"credential rejected: HTTP {res.status} {shown}")
             else:
                 # aiohttp's error text can carry the URL: mask any secret a user put there.
                 self.health.fail("api", self.builder.mask_text(f"HTTP {res.status or res.error}"))
@@ -253,6 +396,35 @@ class Delivery:
             await asyncio.sleep(wait)
 
     # -- helpers -----------------------------------------------------------------------
+    async def _final_error(
+        self, batch: Batch, req: PreparedRequest, res: HttpResult, calls: int, reason: str, why: str
+    ) -> None:
+        """Publish the call and dead-letter the batch: an answer no retry can change."""
+        await self.reporter.api_call(
+            batch, req, res, attempt=calls, outcome="dead-lettered", kind=self.kind
+        )
+        await self.reporter.dead_letter(
+            batch.records,
+            reason=reason,
+            batch_id=batch.id,
+            status=res.status,
+            error=why,
+            attempts=calls,
+        )
+
+    def _redirect_note(self, res: HttpResult) -> str:
+        """What a 3xx said, for the response message, the dead letters and /readyz."""
+        location = res.headers.get("Location")  # aiohttp spells known names so
+        where = (
+            self.builder.mask_text(encodable(location[:LOCATION_CHARS]))
+            if location
+            else "(no Location)"
+        )
+        return (
+            f"HTTP {res.status} redirect to {where} not followed: it would send the "
+            "credentials there (check CLARI_BASE_URL / CLARI_URL)"
+        )
+
     def _exhausted(self, attempt: int) -> bool:
         limit = self.s.retry_max_attempts
         return limit > 0 and attempt >= limit
@@ -289,7 +461,7 @@ class Delivery:
     async def _publish_job(
         self, batch: Batch, job: JobResult, job_id: str, calls: int, outcome: str
     ) -> None:
-        self.metrics.jobs.labels(state=job.state).inc()
+        self.metrics.jobs.labels(state=job.state if job.state in JOB_END_STATES else "OTHER").inc()
         req = self.builder.job_request(job_id)
         await self.reporter.api_call(
             batch,
@@ -311,6 +483,10 @@ class Delivery:
             delay = min(delay * 2, self.s.job_poll_max_ms / 1000)
             last = await self.http.call(self.builder.job_request(job_id))
             self._observe(last, "job-status")
+            if classify(last.status) is Verdict.REDIRECT:
+                last.error = self._redirect_note(last)
+                self.health.fail("api", last.error)
+                return JobResult("REDIRECTED", last, last.error)
             state, errors = job_state_of(last)
             if state is None or state in PENDING_JOB_STATES:
                 continue

@@ -16,6 +16,11 @@ import aiohttp
 from sink.endpoint import PreparedRequest
 
 STREAM_SLICE = 256 * 1024  # bodies larger than this are written a slice at a time
+# The most of an answer's body read (decompressed). Clari's answers are empty or a few
+# error objects; whatever a wrong URL, a proxy or a hostile server sends beyond this is
+# left unread (the connection is then closed, not reused), so no answer can fill memory.
+# The setting it would be: HTTP_MAX_ANSWER_BYTES.
+MAX_BODY_BYTES = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -25,6 +30,7 @@ class HttpResult:
     body: bytes
     latency_s: float
     error: str | None = None
+    truncated: bool = False  # the body is the first MAX_BODY_BYTES of a longer one
 
 
 class RateLimiter:
@@ -95,17 +101,42 @@ class HttpClient:
                 # socket does not take at once: three copies of a 10 MB bulk file.
                 data = _stream(req.pieces)
                 headers = {**req.headers, "Content-Length": str(req.nbytes)}
+            # Never follow a redirect, for calls and job-status polls alike: it would send
+            # the credential headers to the host it names (see retry.Verdict.REDIRECT).
             async with self._session.request(
-                req.method, req.url, data=data, headers=headers
+                req.method, req.url, data=data, headers=headers, allow_redirects=False
             ) as resp:
-                body = await resp.read()
-                return HttpResult(resp.status, dict(resp.headers), body, time.monotonic() - started)
+                body, truncated = await _read_capped(resp, MAX_BODY_BYTES)
+                return HttpResult(
+                    resp.status,
+                    dict(resp.headers),
+                    body,
+                    time.monotonic() - started,
+                    truncated=truncated,
+                )
         except TimeoutError:
             return HttpResult(None, {}, b"", time.monotonic() - started, "timeout")
         except aiohttp.ClientError as exc:
             return HttpResult(
                 None, {}, b"", time.monotonic() - started, f"{type(exc).__name__}: {exc}"
             )
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> tuple[bytes, bool]:
+    """The body's first ``cap`` bytes, and whether there was more. One byte past the cap
+    is read to tell a body of exactly ``cap`` bytes from a longer one."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= cap:
+        chunk = await resp.content.read(cap + 1 - size)  # at most that much; b"" at the end
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    body = b"".join(chunks)
+    if size > cap:
+        return body[:cap], True
+    return body, False
 
 
 async def _stream(pieces: list[bytes]) -> AsyncIterator[bytes | memoryview]:

@@ -23,6 +23,14 @@ from sink.retry import Backoff, Verdict, classify, parse_retry_after
         (413, Verdict.REJECT),
         (428, Verdict.REJECT),
         (404, Verdict.REJECT),
+        (301, Verdict.REDIRECT),
+        (302, Verdict.REDIRECT),
+        (307, Verdict.REDIRECT),
+        (308, Verdict.REDIRECT),
+        (42, Verdict.RETRY),  # not an HTTP status: says nothing about the records
+        (600, Verdict.RETRY),
+        (999, Verdict.RETRY),
+        (102, Verdict.RETRY),
     ],
 )
 def test_classify(status: int | None, verdict: Verdict) -> None:
@@ -42,6 +50,31 @@ def test_retry_after_is_honoured() -> None:
     assert parse_retry_after("7") == 7
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("\u00b2", None),  # str.isdigit() says yes, float() raised
+        ("\u0661\u0662", None),  # Arabic-Indic digits
+        ("-5", None),
+        ("1e9", None),
+        ("nan", None),
+        ("inf", None),
+        (" 7 ", 7.0),
+        ("9" * 400, 3_600.0),  # capped, not inf
+        ("Wed, 21 Oct 99999 07:28:00 GMT", None),
+        ("Mon, 31 Feb 2015 07:28:00 GMT", None),
+        ("Wed, 21 Oct 2999 07:28:00 GMT", 3_600.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: now
+    ],
+)
+def test_a_hostile_retry_after_never_raises_and_stays_bounded(
+    value: str, seconds: float | None
+) -> None:
+    assert parse_retry_after(value, now=1_800_000_000.0) == seconds
+    wait = Backoff(0.1, 2.0, random.Random(1)).delay(1, parse_retry_after(value))
+    assert 0 <= wait <= 20.0
 
 
 async def test_rate_limiter_spaces_calls_evenly() -> None:

@@ -333,3 +333,20 @@ def test_ndjson_is_one_record_a_line() -> None:
     lines = render("ndjson", recs, "crm_x").split(b"\n")
     assert lines[-1] == b"" and len(lines) == 4
     assert [orjson.loads(x) for x in lines[:-1]] == [*HOSTILE_ROWS, orjson.loads(pretty)]
+
+
+def test_lists_too_deep_for_orjson_are_written_as_orjson_writes_them() -> None:
+    from sink.formats import _deep_json, _json_text
+
+    shallow: list[Any] = [
+        [1, {"a": [None, True, 1.5, 'x"\\', {}], "b": []}, [], [[2]], "é😀\x00"],
+        {"k": {"z": [1, 2], "": None}},
+        [],
+        {},
+    ]
+    for value in shallow:
+        assert _deep_json(value) == orjson.dumps(value).decode()
+    deep: Any = [1]
+    for _ in range(1_000):
+        deep = [{"k": deep}]
+    assert _json_text(deep) == '[{"k":' * 1_000 + "[1]" + "}]" * 1_000

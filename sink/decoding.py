@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -11,16 +12,24 @@ import orjson
 import simdjson
 from confluent_kafka import Message
 
+from sink.contract import (
+    CONTRACT_ID,
+    EPOCH_MS_MAX,
+    EPOCH_MS_MIN,
+    JSON_MAX_DEPTH,
+    MAX_DEPTH,
+    MISSING,
+    TIMESTAMPS,
+    RecordError,
+    check_contract,
+    contract_error,
+    contract_ok,
+    depth_exceeds,
+    too_deep,
+)
 from sink.records import SinkRecord
 
-
-class RecordError(Exception):
-    """A record that can never be sent; it goes to the dead-letter topic with this reason."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+__all__ = ["RecordError", "Shaper", "encode", "json_default", "lookup", "record_id"]
 
 
 def json_default(obj: Any) -> Any:
@@ -32,28 +41,59 @@ def json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
+def encode(data: Any) -> bytes:
+    """``data`` (decoded: from JSON or Avro) as JSON; RecordError ``too-deep`` if it nests
+    deeper than MAX_DEPTH levels (orjson's own limit), ``unencodable`` if JSON cannot hold
+    a value of it."""
+    try:
+        return orjson.dumps(data, default=json_default)
+    except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+        if "ecursion" in str(exc):
+            raise too_deep(MAX_DEPTH) from None
+        raise RecordError("unencodable", str(exc)) from None
+
+
+def _invalid_json(exc: orjson.JSONDecodeError) -> RecordError:
+    if "depth limit" in str(exc):
+        return too_deep(JSON_MAX_DEPTH)
+    return RecordError("invalid-json", str(exc))
+
+
 class Shaper:
     """Decodes values (JSON, or ``decode``'s format) and drops excluded attributes (top
-    level or dotted paths)."""
+    level or dotted paths). With ``contract``, refuses records that break Clari's record
+    contract (sink/contract.py): for the templates, which send Clari's published format.
 
-    def __init__(self, exclude: list[str], decode: Callable[[bytes], Any] | None = None) -> None:
+    Whatever a value holds, it is shaped or refused with a RecordError; sink/contract.py
+    says what is refused and why."""
+
+    def __init__(
+        self,
+        exclude: list[str],
+        decode: Callable[[bytes], Any] | None = None,
+        *,
+        contract: bool = False,
+    ) -> None:
         self._top = {path for path in exclude if "." not in path}
         self._nested = [path.split(".") for path in exclude if "." in path]
         self._decode = decode  # None: the value is JSON
-        self._parser = simdjson.Parser()
+        self._contract = contract
+        self._parser = simdjson.Parser()  # probe_messages' own, used by the event loop only
+        self._local = threading.local()  # shape()'s: the replayer shapes in a worker thread
 
     def shape(self, record: SinkRecord) -> dict[str, Any]:
         """Fill ``record.body`` and return the shaped record; raise RecordError if it
         cannot be sent."""
-        if record.value is None:
+        value = record.value
+        if value is None:
             raise RecordError("null-value", "the message has no value (a tombstone)")
         if self._decode is not None:
-            decoded = self._decode(record.value)  # raises RecordError itself
+            decoded = self._decode(value)  # raises RecordError itself
         else:
             try:
-                decoded = orjson.loads(record.value)
+                decoded = orjson.loads(value)
             except orjson.JSONDecodeError as exc:
-                raise RecordError("invalid-json", str(exc)) from None
+                raise _invalid_json(exc) from None
         if not isinstance(decoded, dict):
             raise RecordError(
                 "not-an-object",
@@ -63,13 +103,38 @@ class Shaper:
         data: dict[str, Any] = decoded
         if self._top or self._nested:
             data = self._exclude(data)
-            record.body = orjson.dumps(data, default=json_default)
-        elif self._decode is not None:
-            record.body = orjson.dumps(data, default=json_default)
-        else:
+        elif self._decode is None:
             # Nothing to drop: the producer's bytes are already valid JSON for this record.
-            record.body = record.value
+            if self._contract:
+                self._check_json_contract(value, data)
+            record.body = value
+            return data
+        record.body = encode(data)
+        if self._contract:
+            check_contract(data)  # re-encoded: one value a key, as Clari reads it
         return data
+
+    def _check_json_contract(self, value: bytes, data: dict[str, Any]) -> None:
+        """The contract for a JSON value sent as it is, its fields read as probe_messages
+        reads them (simdjson: the first of repeated keys), so that a record gets the same
+        verdict on every path, the replayer's included."""
+        try:
+            doc = self._json_parser().parse(value)
+        except (ValueError, RuntimeError):
+            doc = None
+        if not isinstance(doc, simdjson.Object):
+            # simdjson refuses what orjson took (integers beyond 64 bits; a leading byte
+            # order mark can't get here): probe_messages hands such values to shape().
+            del doc
+            check_contract(data)
+            return
+        fields = [doc.get(name, MISSING) for name in (CONTRACT_ID, *TIMESTAMPS)]
+        error = contract_error(*fields)
+        # The parser is reused: nothing may still point into it, not even through the
+        # traceback of the error raised here (an id that is an object is a proxy).
+        del doc, fields
+        if error is not None:
+            raise error
 
     def probe_messages(
         self, msgs: list[Message], id_field: str | None
@@ -90,6 +155,9 @@ class Shaper:
         passed: list[Message] = []
         ids: list[Any] = []
         rejected: list[tuple[SinkRecord, RecordError]] = []
+        contract = self._contract
+        # The contract's id is CLARI_ID_FIELD's when they are the same field (the default).
+        contract_id = b"id" if id_field != CONTRACT_ID else None
         for msg in msgs:
             value = msg.value()
             try:
@@ -98,28 +166,62 @@ class Shaper:
                 doc = None
             if type(doc) is not simdjson.Object or value[0] == 0xEF:  # type: ignore[index]
                 del doc  # the parser is reused: nothing may still point into it
-                record = SinkRecord.from_message(msg)
-                try:
-                    rid = record_id(self.shape(record), id_field)
-                except RecordError as exc:
-                    rejected.append((record, exc))
-                else:
-                    passed.append(msg)  # valid after all, and sent as it is
-                    ids.append(rid)
+                self._shape_message(msg, id_field, passed, ids, rejected)
                 continue
             if id_field:
                 try:
                     rid = doc[id_field]  # 30 ns a record less than doc.get()
                 except KeyError:
                     rid = None
-                if rid is not None and type(rid) not in (str, int):
-                    rid = _plain_id(rid)
             else:
                 rid = None
+            if contract:
+                # Keys as bytes: simdjson skips encoding them (15 ns each); one expression
+                # for the common verdict, shape() names what is wrong otherwise.
+                try:
+                    created = doc[b"createdAt"]  # type: ignore[index]
+                    updated = doc[b"updatedAt"]  # type: ignore[index]
+                    cid = rid if contract_id is None else doc[contract_id]  # type: ignore[index]
+                except KeyError:
+                    created = None
+                if not (
+                    type(created) is int
+                    and type(updated) is int
+                    and EPOCH_MS_MIN <= created < EPOCH_MS_MAX
+                    and EPOCH_MS_MIN <= updated < EPOCH_MS_MAX
+                    and ((type(cid) is str and cid != "") or type(cid) is int)
+                ):
+                    # Drop every proxy into the parser (a field may be an object) before
+                    # it parses again, or every later value of the poll would take this
+                    # slow path.
+                    doc = rid = created = updated = cid = None
+                    self._shape_message(msg, id_field, passed, ids, rejected)
+                    continue
+            if rid is not None and type(rid) not in (str, int):
+                rid = _plain_id(rid)
             del doc
             passed.append(msg)
             ids.append(rid)
         return passed, ids, rejected
+
+    def _shape_message(
+        self,
+        msg: Message,
+        id_field: str | None,
+        passed: list[Message],
+        ids: list[Any],
+        rejected: list[tuple[SinkRecord, RecordError]],
+    ) -> None:
+        """probe_messages() for a value it does not pass at once: shape() decides, and
+        names the reason."""
+        record = SinkRecord.from_message(msg)
+        try:
+            rid = record_id(self.shape(record), id_field)
+        except RecordError as exc:
+            rejected.append((record, exc))
+        else:
+            passed.append(msg)  # valid after all, and sent as it is
+            ids.append(rid)
 
     def shape_many(
         self, records: list[SinkRecord]
@@ -135,6 +237,8 @@ class Shaper:
                 pass  # one of them is not JSON (or a tombstone): the loop below says which
             else:
                 if set(map(type, datas)) == {dict}:
+                    if self._contract:
+                        return self._contract_many(records, datas)
                     return records, datas, []  # bodies are the values (SinkRecord.body)
         shaped: list[SinkRecord] = []
         data: list[dict[str, Any]] = []
@@ -148,6 +252,41 @@ class Shaper:
                 shaped.append(record)
         return shaped, data, rejected
 
+    def _json_parser(self) -> simdjson.Parser:
+        """This thread's parser for shape() (probe_messages has its own)."""
+        parser: simdjson.Parser | None = getattr(self._local, "parser", None)
+        if parser is None:
+            parser = self._local.parser = simdjson.Parser()
+        return parser
+
+    def _contract_many(
+        self, records: list[SinkRecord], datas: list[dict[str, Any]]
+    ) -> tuple[list[SinkRecord], list[dict[str, Any]], list[tuple[SinkRecord, RecordError]]]:
+        """shape_many()'s contract check for decoded JSON values sent as they are: the
+        fields read as probe_messages reads them (_check_json_contract), the common
+        verdict in one expression."""
+        parse = self._json_parser().parse
+        shaped: list[SinkRecord] = []
+        data: list[dict[str, Any]] = []
+        rejected: list[tuple[SinkRecord, RecordError]] = []
+        for record, decoded in zip(records, datas, strict=True):
+            value: bytes = record.value  # type: ignore[assignment]  # decoded: not None
+            try:
+                doc = parse(value)
+                ok = contract_ok(doc[b"id"], doc[b"createdAt"], doc[b"updatedAt"])  # type: ignore[index]
+            except (ValueError, RuntimeError, KeyError, TypeError):
+                ok = False
+            doc = None  # nothing may point into the parser when it parses again
+            if not ok:
+                try:
+                    self._check_json_contract(value, decoded)
+                except RecordError as exc:
+                    rejected.append((record, exc))
+                    continue
+            shaped.append(record)
+            data.append(decoded)
+        return shaped, data, rejected
+
     def _exclude(self, data: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in data.items() if k not in self._top}
         for path in self._nested:
@@ -159,17 +298,24 @@ def record_id(data: dict[str, Any], id_field: str | None) -> Any:
     """The record's id (CLARI_ID_FIELD) as a hashable value, or None."""
     rid = data.get(id_field) if id_field else None
     if rid is not None and type(rid) not in (str, int):
-        rid = repr(rid)  # ids that are objects or lists still cut a batch when repeated
+        rid = _unusual_id(rid)
     return rid
 
 
-def _plain_id(rid: Any) -> str:
+def _unusual_id(rid: Any) -> str | None:
+    """An id that is not a string or an integer, as text: ids that are objects or lists
+    still cut a batch when repeated. One nested deeper than MAX_DEPTH counts as no id
+    (repr() recurses, and a JSON value sent as it is may nest 1024 levels)."""
+    return None if depth_exceeds(rid, MAX_DEPTH) else repr(rid)
+
+
+def _plain_id(rid: Any) -> str | None:
     """record_id() of an id simdjson read: its objects and arrays as Python's."""
     if isinstance(rid, simdjson.Object):
         rid = rid.as_dict()
     elif isinstance(rid, simdjson.Array):
         rid = rid.as_list()
-    return repr(rid)
+    return _unusual_id(rid)
 
 
 def _drop_path(data: dict[str, Any], path: list[str]) -> None:

@@ -55,6 +55,7 @@ class Pipeline:
         self.shaper = Shaper(
             settings.clari_exclude_attributes,
             decode=self.registry.decode if self.registry is not None else None,
+            contract=settings.clari_template != "manual",  # Clari's id, createdAt, updatedAt
         )
         self.builder = EndpointBuilder(settings)
         self.batcher = Batcher.for_settings(settings)

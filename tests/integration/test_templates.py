@@ -89,8 +89,10 @@ def test_bulk_job_failed_is_resubmitted(kafka: str, emulator: Emulator, logs: Pa
 def test_bulk_job_validation_error_dead_letters_the_batch(
     kafka: str, emulator: Emulator, logs: Path
 ) -> None:
+    # Ids 7 and "7" are one record for Clari (it compares ids as text), two for the
+    # record contract: the job's validation refuses the whole file.
     sent = [crm_record("account", i) for i in range(20)]
-    del sent[5]["createdAt"]
+    sent[5]["id"], sent[6]["id"] = 7, "7"
     topic = seeded_topic(kafka, sent)
     env = run_sink(
         kafka, emulator, logs, topic, CLARI_TEMPLATE="ingest-bulk-entities", JOB_POLL_INITIAL_MS=50
@@ -102,8 +104,29 @@ def test_bulk_job_validation_error_dead_letters_the_batch(
     assert len(dead) == 20
     h = headers_of(dead[5])
     assert h["clari-sink.error.reason"] == b"job-validation-error"
-    assert b"createdAt" in h["clari-sink.error.body"]
+    assert b"Duplicate" in h["clari-sink.error.body"]
     assert h["clari-sink.source.topic"] == topic.encode()
+
+
+def test_a_record_breaking_clari_s_contract_is_dead_lettered_alone(
+    kafka: str, emulator: Emulator, logs: Path
+) -> None:
+    """Checked before sending: one record without createdAt no longer fails a file of 20."""
+    sent = [crm_record("account", i) for i in range(20)]
+    del sent[5]["createdAt"]
+    topic = seeded_topic(kafka, sent)
+    env = run_sink(
+        kafka, emulator, logs, topic, CLARI_TEMPLATE="ingest-bulk-entities", JOB_POLL_INITIAL_MS=50
+    )
+    finals = [m for m in responses(kafka, env) if m["kind"] == "job-status"]
+    assert [m["jobStatus"] for m in finals] == ["SUCCESS"]
+    assert sorted(r["record"]["id"] for r in emulator.records()) == sorted(
+        r["id"] for i, r in enumerate(sent) if i != 5
+    )
+    (dead,) = consume_all(kafka, env["DLQ_TOPIC"], expect=1)
+    h = headers_of(dead)
+    assert h["clari-sink.error.reason"] == b"missing-timestamp"
+    assert b"createdAt" in h["clari-sink.error.body"]
 
 
 def test_bulk_job_failing_for_good_is_dead_lettered(

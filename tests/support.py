@@ -16,7 +16,14 @@ from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -319,7 +326,22 @@ def all_committed(kafka: str, env: dict[str, str], topic: str) -> bool:
     return committed(kafka, env["KAFKA_GROUP_ID"], topic) == end_offsets(kafka, topic)
 
 
+TRANSIENT = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError._TRANSPORT,
+    KafkaError._TIMED_OUT,
+}
+
+
 def wait_all_committed(kafka: str, env: dict[str, str], topic: str, timeout: float = 60) -> None:
-    wait_until(
-        lambda: all_committed(kafka, env, topic), timeout, what=f"every offset of {topic} committed"
-    )
+    def done() -> bool:
+        try:
+            return all_committed(kafka, env, topic)
+        except KafkaException as exc:  # NOT_COORDINATOR while a restarted broker loads
+            if exc.args[0].code() not in TRANSIENT and not exc.args[0].retriable():
+                raise
+            return False
+
+    wait_until(done, timeout, what=f"every offset of {topic} committed")

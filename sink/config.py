@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from annotated_types import Ge, Gt, Le, Lt
 from dotenv import dotenv_values
 from pydantic import (
     Field,
@@ -731,15 +730,15 @@ def _allowed_numbers(field: str) -> str | None:
     if info is None:
         return None
     low = high = ""
-    for item in info.metadata:
-        if isinstance(item, Ge):
-            low = f"{item.ge}"
-        elif isinstance(item, Gt):
-            low = f"more than {item.gt}"
-        elif isinstance(item, Le):
-            high = f"{item.le}"
-        elif isinstance(item, Lt):
-            high = f"less than {item.lt}"
+    for item in info.metadata:  # annotated_types' Ge, Gt, Le, Lt
+        if (ge := getattr(item, "ge", None)) is not None:
+            low = f"{ge}"
+        elif (gt := getattr(item, "gt", None)) is not None:
+            low = f"more than {gt}"
+        elif (le := getattr(item, "le", None)) is not None:
+            high = f"{le}"
+        elif (lt := getattr(item, "lt", None)) is not None:
+            high = f"less than {lt}"
     if not low and not high:
         return None
     if low and high:

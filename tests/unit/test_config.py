@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +192,13 @@ def test_cli_lists_every_problem_and_exits_2(command: str) -> None:
     assert "Incremental, Full" in done.stderr and "1 to 100" in done.stderr
     assert "'earliest' or 'latest'" in done.stderr
     assert "hush-hush-token" not in done.stderr + done.stdout
+
+
+def test_the_readmes_example_of_the_error_output_is_what_the_cli_prints() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("clari-sink: invalid settings, not starting:\n", 1)[1]
+    example = "clari-sink: invalid settings, not starting:\n" + example.split("```", 1)[0]
+    env = {"KAFKA_TOPICS": "crm.accounts", **BASE, "CLARI_MODE": "Upsert"}
+    done = cli(env, "run")
+    assert done.returncode == 2
+    assert done.stderr == example

@@ -404,7 +404,11 @@ class Settings(BaseSettings):
             broken = frozenset(_field_of(str(e["loc"][0])) for e in exc.errors() if e["loc"])
             # The fields that failed take their defaults, and checks that read them are
             # skipped: what is left can only report problems of its own.
-            settings = handler({k: v for k, v in data.items() if _field_of(k) not in broken})
+            kept = {k: v for k, v in data.items() if _field_of(k) not in broken}
+            try:
+                settings = handler(kept)
+            except ValidationError as again:  # not expected: field errors are per field
+                raise SettingsError(problems + _field_problems(again, raw_secrets)) from None
         problems += settings._problems(broken)
         if problems:
             raise SettingsError(problems)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -264,3 +265,29 @@ def test_a_short_admin_token_is_refused() -> None:
     err = refused({"ADMIN_TOKEN": "secret"})
     assert "  - ADMIN_TOKEN: too short: at least 16 characters" in err
     assert "secret" not in err.replace("ADMIN_TOKEN", "")
+
+
+def test_run_logs_its_warnings_loudly_before_anything_else() -> None:
+    # The admin port is taken, so run stops (exit 2) right after logging its warnings.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        env = {
+            "CLARI_BASE_URL": "http://clari-proxy.internal/v2",
+            "CLARI_ALLOW_INSECURE_HTTP": "true",
+            "BATCH_SIZ": "50",
+            "ADMIN_HOST": "127.0.0.1",
+            "ADMIN_PORT": str(busy.getsockname()[1]),
+            "LOG_FORMAT": "text",
+        }
+        done = cli(env, "run")
+    assert done.returncode == 2, done.stderr
+    assert "the admin endpoint cannot listen" in done.stderr
+    warnings = [x for x in done.stderr.splitlines() if " WARNING " in x]
+    assert any(
+        "INSECURE: CLARI_ALLOW_INSECURE_HTTP=true: CLARI_BASE_URL is plain http:// to "
+        "clari-proxy.internal" in x
+        for x in warnings
+    )
+    assert any("BATCH_SIZ is not a setting and is ignored (did you mean BATCH_SIZE?)" in x
+               for x in warnings)  # fmt: skip

@@ -38,11 +38,20 @@ def _char_name(char: str) -> str:
 
 
 def header_name_problem(name: str) -> str | None:
+    """What is wrong with ``name`` as a header name, or None. Only the part before the
+    first bad character is shown: a malformed entry may run on into a credential."""
     if _TOKEN.fullmatch(name):
         return None
+    bad = next(i for i, char in enumerate(name) if not _TOKEN.fullmatch(char))
+    if name[bad] == " ":
+        char = "a space"
+    elif name[bad].isprintable():
+        char = f"'{name[bad]}'"
+    else:
+        char = f"a control character ({_char_name(name[bad])})"
     return (
-        f"header name '{name}' is not a valid HTTP header name "
-        "(letters, digits and !#$%&'*+-.^_`|~ only, no spaces)"
+        f"header name '{name[:bad]}...' is not a valid HTTP header name: {char} at "
+        f"position {bad + 1} (letters, digits and !#$%&'*+-.^_`|~ only)"
     )
 
 

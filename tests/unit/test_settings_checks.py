@@ -75,7 +75,10 @@ def test_a_control_character_in_a_credential_stops_the_sink(variable: str, value
 
 def test_header_names_must_be_http_tokens_and_values_free_of_control_characters() -> None:
     err = refused({"CLARI_REQUEST_HEADERS": "X Team:revops"})
-    assert "CLARI_REQUEST_HEADERS: header name 'X Team' is not a valid HTTP header name" in err
+    assert (
+        "  - CLARI_REQUEST_HEADERS: header name 'X...' is not a valid HTTP header name: "
+        "a space at position 2" in err
+    )
     err = refused({"CLARI_REQUEST_HEADERS": "X-Auth:sec\x07ret-value"})
     assert "CLARI_REQUEST_HEADERS: the value of header X-Auth contains a control character" in err
     assert "sec" not in err.replace("Secret", "")  # the value is never echoed

@@ -6,11 +6,20 @@ GET  /metrics          Prometheus text format
 GET  /admin/state      active or not, assignment, buffered and in-flight work
 POST /admin/activate   start consuming and sending
 POST /admin/deactivate stop consuming and sending, keep the position
+
+The endpoint listens on all interfaces by default (ADMIN_HOST=0.0.0.0): probes and
+Prometheus reach a pod on its own address. Reading is open; the two POSTs change what
+the sink does, so they need ``Authorization: Bearer <ADMIN_TOKEN>`` (refused, 403, while
+ADMIN_TOKEN is unset) and refuse anything a browser could send on a web page's behalf
+(an ``Origin`` header, ``Sec-Fetch-Site`` other than ``none``, a form content type):
+no page a user visits can switch the sink off.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,10 +27,52 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sink.pipeline import Pipeline
 
 STALL_S = 60.0  # a loop that has not turned for this long is stuck: let the pod restart
+# What an HTML form can post without a CORS preflight.
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"})
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _refused(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def guarded(token: str | None, handler: Handler) -> Handler:
+    """``handler`` for a request that changes the sink: a token, and no browser."""
+    expected = token.encode() if token is not None else None
+
+    async def guard(request: web.Request) -> web.Response:
+        fetch_site = request.headers.get("Sec-Fetch-Site", "none").lower()
+        if "Origin" in request.headers or fetch_site != "none":
+            return _refused(
+                403,
+                "refused: a browser request (Origin or Sec-Fetch-Site header); "
+                "call the admin endpoint from a command line or an HTTP client",
+            )
+        if "Content-Type" in request.headers and request.content_type in FORM_TYPES:
+            return _refused(403, f"refused: a form post ({request.content_type})")
+        if expected is None:
+            return _refused(
+                403,
+                "activation over HTTP is off: set ADMIN_TOKEN (from a Secret) and send "
+                "Authorization: Bearer <token>",
+            )
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # compare_digest: how long the comparison takes says nothing of the token.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            return _refused(
+                401,
+                "refused: send Authorization: Bearer <ADMIN_TOKEN>",
+                **{"WWW-Authenticate": 'Bearer realm="clari-sink admin"'},
+            )
+        return await handler(request)
+
+    return guard
 
 
 def build_admin_app(pipeline: Pipeline) -> web.Application:
     health = pipeline.health
+    secret = pipeline.s.admin_token
+    token = secret.get_secret_value() if secret is not None else None
 
     async def healthz(_: web.Request) -> web.Response:
         stalled = time.monotonic() - health.loop_heartbeat
@@ -72,8 +123,8 @@ def build_admin_app(pipeline: Pipeline) -> web.Application:
             web.get("/readyz", readyz),
             web.get("/metrics", metrics),
             web.get("/admin/state", state),
-            web.post("/admin/activate", activate),
-            web.post("/admin/deactivate", deactivate),
+            web.post("/admin/activate", guarded(token, activate)),
+            web.post("/admin/deactivate", guarded(token, deactivate)),
         ]
     )
     return app

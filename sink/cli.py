@@ -11,34 +11,47 @@ from pathlib import Path
 from typing import Any
 
 from sink import __version__
-from sink.config import Settings, describe_errors, load_settings
+from sink.config import Settings, describe_errors, load_settings, unknown_environment
 from sink.logs import setup_logging
+from sink.masking import MASK
 
 log = logging.getLogger("sink")
 EXIT_BAD_SETTINGS = 2
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _load(args: argparse.Namespace, *, for_run: bool = False) -> tuple[Settings, list[str]]:
+    """The settings and the warnings to give at start; every problem at once and exit 2
+    when they cannot work."""
     path = args.config or os.environ.get("SINK_CONFIG_FILE")
+    unknown = unknown_environment(os.environ)
     try:
-        return load_settings(Path(path) if path else None)
-    except ValueError as exc:  # pydantic's ValidationError and our SettingsError
+        settings = load_settings(Path(path) if path else None, require_topics=for_run)
+    except ValueError as exc:  # SettingsError, and what else a settings source may raise
+        _print_warnings(unknown)  # a misspelt name is often why a setting is missing
         print("clari-sink: invalid settings, not starting:", file=sys.stderr)
         for line in describe_errors(exc):
             print(f"  - {line}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_SETTINGS) from None
+    return settings, unknown + settings.warnings()
+
+
+def _print_warnings(lines: list[str]) -> None:
+    for line in lines:
+        print(f"clari-sink: warning: {line}", file=sys.stderr)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings of a one-off command, its warnings printed."""
+    settings, warnings = _load(args)
+    _print_warnings(warnings)
+    return settings
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    if not settings.kafka_topics:
-        print(
-            "clari-sink: invalid settings, not starting:\n  - KAFKA_TOPICS: required "
-            "(comma-separated topic names)",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_SETTINGS
+    settings, warnings = _load(args, for_run=True)
     setup_logging(settings.log_level, settings.log_format)
+    for line in warnings:  # in the service's log format, where operators look
+        log.warning(line)
     from sink import runtime
 
     runtime.tune_malloc()
@@ -110,14 +123,20 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    shown: dict[str, Any] = {}
+    masker = settings.masker()
     for name, info in Settings.model_fields.items():
-        value = getattr(settings, name)
-        if hasattr(value, "get_secret_value"):
-            value = "****"
-        shown[info.alias or name] = value
-    for key, value in shown.items():
-        print(f"{key}={value if value is not None else ''}")
+        value: Any = getattr(settings, name)
+        if value is None:
+            text = ""
+        elif hasattr(value, "get_secret_value"):
+            text = MASK
+        elif name == "clari_request_headers":
+            text = ",".join(f"{k}:{v}" for k, v in masker.headers(settings.extra_headers).items())
+        elif isinstance(value, list):
+            text = ",".join(map(str, value))
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+        print(f"{info.alias or name}={masker.text(text)}")
     print(f"# wire mode: {settings.wire_mode}; content format: {settings.content_format}")
     return 0
 

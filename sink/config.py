@@ -1,17 +1,51 @@
 """Settings: one validated model, read from environment variables and an optional file.
 
 Every field's environment variable is its ``alias``. A bad value stops the service at
-start (exit code 2) with the variable's name and its allowed values; secret values are
-never echoed back (see :func:`describe_errors`).
+start (exit code 2) with every problem at once, each naming the variable and its allowed
+values: the fields' own errors and, on the values that did parse, the checks between
+fields (template, mode, batch size, transport security). Secret values are never echoed
+back (see :func:`describe_errors`).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from dotenv import dotenv_values
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from sink.masking import (
+    MIN_SEARCHED_LEN,
+    SAFE_HEADERS,
+    Masker,
+    mask,
+    secret_query_values,
+    userinfo,
+)
+from sink.settings_checks import (
+    broker_hosts,
+    control_characters,
+    did_you_mean,
+    header_name_problem,
+    insecure_url,
+    is_loopback,
+    topic_problem,
+    url_problem,
+)
 
 Template = Literal["upload-entity-data", "ingest-bulk-entities", "manual"]
 ContentFormat = Literal["clari-datasets", "json", "ndjson", "csv", "xml"]
@@ -36,8 +70,14 @@ TEMPLATE_MODES: dict[str, dict[str, str]] = {
 DEFAULT_MODES = {"upload-entity-data": "incremental", "ingest-bulk-entities": "upsert"}
 UPLOAD_MAX_RECORDS = 100  # Clari: "The number of records limit to 100"
 BULK_MAX_BYTES = 10 * 1024 * 1024  # Clari: bulk file at most 10 MB
+HOUR_MS = 3_600_000
+ADMIN_TOKEN_MIN_LEN = 16
 
 CSV = Annotated[list[str], NoDecode]
+
+# ``run`` needs topics, ``check-config`` and ``sample`` do not. A context variable, since
+# pydantic-settings builds the model from its sources and passes no validation context.
+_REQUIRE_TOPICS: ContextVar[bool] = ContextVar("require_topics", default=False)
 
 
 def _split_csv(value: Any) -> Any:
@@ -47,16 +87,56 @@ def _split_csv(value: Any) -> Any:
 
 
 def parse_headers(text: str) -> dict[str, str]:
-    """Parse the seed's ``header1:value1,header2:value2`` form."""
+    """Parse the seed's ``header1:value1,header2:value2`` form.
+
+    Errors name the entry by position, never by content: a value may be a credential."""
     headers: dict[str, str] = {}
-    for pair in (p.strip() for p in text.split(",")):
+    for i, pair in enumerate((p.strip() for p in text.split(",")), 1):
         if not pair:
             continue
         name, sep, value = pair.partition(":")
         if not sep or not name.strip():
-            raise ValueError(f"'{pair}' is not of the form header:value")
-        headers[name.strip()] = value.strip()
+            raise ValueError(f"entry {i} is not of the form header:value")
+        name, value = name.strip(), value.strip()
+        problem = header_name_problem(name)
+        if problem is None:
+            bad = control_characters(value)
+            problem = f"the value of header {name} {bad}" if bad else None
+        if problem:
+            raise ValueError(problem)
+        headers[name] = value
     return headers
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One bad setting: its variable, the value as shown (masked; None: not shown), why."""
+
+    variable: str
+    why: str
+    shown: str | None = None
+
+    def __str__(self) -> str:
+        value = "" if self.shown is None else f"={self.shown}"
+        return f"{self.variable}{value}: {self.why}"
+
+
+class SettingsError(ValueError):
+    """Settings that cannot work; each problem names its variable."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(map(str, problems)))
+
+
+# Credentials: never shown, masked wherever they appear, one trailing newline removed.
+SECRET_SETTINGS = (
+    "clari_api_token",
+    "clari_partner_key",
+    "kafka_sasl_password",
+    "schema_registry_password",
+    "admin_token",
+)
 
 
 class Settings(BaseSettings):
@@ -89,6 +169,13 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = Field(None, alias="SCHEMA_REGISTRY_URL")
     schema_registry_username: str | None = Field(None, alias="SCHEMA_REGISTRY_USERNAME")
     schema_registry_password: SecretStr | None = Field(None, alias="SCHEMA_REGISTRY_PASSWORD")
+    # Transport security: refused unless allowed here, and then warned about at start.
+    # One setting per connection, so that allowing a plain-http test registry does not
+    # also allow sending the Clari token or the Kafka password unencrypted.
+    kafka_allow_insecure_sasl: bool = Field(False, alias="KAFKA_ALLOW_INSECURE_SASL")
+    schema_registry_allow_insecure_http: bool = Field(
+        False, alias="SCHEMA_REGISTRY_ALLOW_INSECURE_HTTP"
+    )
 
     # --- Clari endpoint ----------------------------------------------------------
     clari_template: Template = Field("upload-entity-data", alias="CLARI_TEMPLATE")
@@ -109,6 +196,9 @@ class Settings(BaseSettings):
     clari_url: str | None = Field(None, alias="CLARI_URL")
     clari_content_format: ContentFormat | None = Field(None, alias="CLARI_CONTENT_FORMAT")
     clari_request_headers: str = Field("", alias="CLARI_REQUEST_HEADERS")
+    # Request headers whose values may be shown; all others count as credentials.
+    clari_safe_headers: CSV = Field(default_factory=list, alias="CLARI_SAFE_HEADERS")
+    clari_allow_insecure_http: bool = Field(False, alias="CLARI_ALLOW_INSECURE_HTTP")
     clari_exclude_attributes: CSV = Field(default_factory=list, alias="CLARI_EXCLUDE_ATTRIBUTES")
     clari_id_field: str = Field("id", alias="CLARI_ID_FIELD")
 
@@ -131,9 +221,11 @@ class Settings(BaseSettings):
     # calls are waiting for a slot and the API does not push back: at 200 ms a call,
     # Clari's 100 calls/s needs 20 in flight (see sink/flow.py).
     http_max_in_flight: int = Field(32, ge=1, le=1_000, alias="HTTP_MAX_IN_FLIGHT")
-    http_timeout_s: float = Field(30.0, gt=0, alias="HTTP_TIMEOUT_S")
+    http_timeout_s: float = Field(30.0, gt=0, le=3_600, allow_inf_nan=False, alias="HTTP_TIMEOUT_S")
     # The token's calls per second, for the whole consumer group: Clari counts per token.
-    http_rate_limit: float = Field(100.0, gt=0, alias="HTTP_RATE_LIMIT")
+    http_rate_limit: float = Field(
+        100.0, gt=0, le=1_000_000, allow_inf_nan=False, alias="HTTP_RATE_LIMIT"
+    )
     # partitions: each member takes the share of HTTP_RATE_LIMIT its assigned partitions
     # are of all the topics' partitions, recomputed on every rebalance; none: each member
     # may make HTTP_RATE_LIMIT calls/s on its own (one member, or one token per member).
@@ -147,11 +239,13 @@ class Settings(BaseSettings):
     # 0: retry transient failures until they clear; an outage must not empty a topic into
     # the dead-letter topic. A limit trades that for never blocking on one batch.
     retry_max_attempts: int = Field(0, ge=0, alias="RETRY_MAX_ATTEMPTS")
-    retry_backoff_initial_ms: int = Field(200, ge=1, alias="RETRY_BACKOFF_INITIAL_MS")
-    retry_backoff_max_ms: int = Field(30_000, ge=1, alias="RETRY_BACKOFF_MAX_MS")
-    job_poll_initial_ms: int = Field(500, ge=10, alias="JOB_POLL_INITIAL_MS")
-    job_poll_max_ms: int = Field(15_000, ge=10, alias="JOB_POLL_MAX_MS")
-    job_timeout_s: float = Field(3_600.0, gt=0, alias="JOB_TIMEOUT_S")
+    retry_backoff_initial_ms: int = Field(200, ge=1, le=HOUR_MS, alias="RETRY_BACKOFF_INITIAL_MS")
+    retry_backoff_max_ms: int = Field(30_000, ge=1, le=HOUR_MS, alias="RETRY_BACKOFF_MAX_MS")
+    job_poll_initial_ms: int = Field(500, ge=10, le=HOUR_MS, alias="JOB_POLL_INITIAL_MS")
+    job_poll_max_ms: int = Field(15_000, ge=10, le=HOUR_MS, alias="JOB_POLL_MAX_MS")
+    job_timeout_s: float = Field(
+        3_600.0, gt=0, le=7 * 86_400, allow_inf_nan=False, alias="JOB_TIMEOUT_S"
+    )
     max_buffered_records: int = Field(100_000, ge=1, alias="SINK_MAX_BUFFERED_RECORDS")
     max_buffered_bytes: int = Field(32 * 1024 * 1024, ge=1_024, alias="SINK_MAX_BUFFERED_BYTES")
 
@@ -159,16 +253,22 @@ class Settings(BaseSettings):
     active: bool = Field(True, alias="SINK_ACTIVE")
     admin_host: str = Field("0.0.0.0", alias="ADMIN_HOST")
     admin_port: int = Field(8080, ge=0, le=65_535, alias="ADMIN_PORT")
+    # Required as "Authorization: Bearer <token>" by POST /admin/*; unset: those refused.
+    admin_token: SecretStr | None = Field(None, alias="ADMIN_TOKEN")
     commit_interval_ms: int = Field(1_000, ge=10, alias="SINK_COMMIT_INTERVAL_MS")
-    shutdown_timeout_s: float = Field(30.0, gt=0, alias="SINK_SHUTDOWN_TIMEOUT_S")
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, le=3_600, allow_inf_nan=False, alias="SINK_SHUTDOWN_TIMEOUT_S"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", alias="LOG_LEVEL")
     log_format: Literal["json", "text"] = Field("json", alias="LOG_FORMAT")
 
+    # Warnings about accepted values (a stripped newline), for the start-up log.
+    _notes: list[str] = PrivateAttr(default_factory=list)
+
     @field_validator(
-        "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password",
-        "kafka_ssl_ca_location", "clari_entity_type", "clari_mode", "clari_raw_mode",
-        "clari_source_entity", "clari_api_token", "clari_partner_key", "clari_url",
-        "clari_content_format", "batch_group_attribute",
+        "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_ssl_ca_location",
+        "clari_entity_type", "clari_mode", "clari_raw_mode", "clari_source_entity",
+        "clari_url", "clari_content_format", "batch_group_attribute",
         mode="before",
     )  # fmt: skip
     @classmethod
@@ -176,10 +276,60 @@ class Settings(BaseSettings):
         # An empty variable (KEY= in a file, or a blank in compose) means "not set".
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("kafka_topics", "clari_exclude_attributes", mode="before")
+    @field_validator(*SECRET_SETTINGS, mode="before")
+    @classmethod
+    def _secret(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        value = _strip_one_newline(value)
+        if not value.strip():
+            return None  # blank: not set
+        problem = control_characters(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # The admin port listens on every interface: a short token could be guessed.
+        if value is not None and len(value.get_secret_value()) < ADMIN_TOKEN_MIN_LEN:
+            raise ValueError(
+                f"too short: at least {ADMIN_TOKEN_MIN_LEN} characters "
+                "(e.g. the output of: openssl rand -hex 32)"
+            )
+        return value
+
+    @field_validator("kafka_sasl_username", "schema_registry_username")
+    @classmethod
+    def _username(cls, value: str | None) -> str | None:
+        problem = control_characters(value) if value is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator(
+        "kafka_topics", "clari_exclude_attributes", "clari_safe_headers", mode="before"
+    )
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
+
+    @field_validator("kafka_topics")
+    @classmethod
+    def _topics(cls, value: list[str]) -> list[str]:
+        problems = [p for p in map(topic_problem, value) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("response_topic", "dlq_topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        problem = topic_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("log_level", "kafka_security_protocol", "clari_method", mode="before")
     @classmethod
@@ -219,98 +369,251 @@ class Settings(BaseSettings):
         parse_headers(value)
         return value
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Settings:
-        problems: list[tuple[str, str]] = []
+    @field_validator("clari_safe_headers")
+    @classmethod
+    def _safe_headers(cls, value: list[str]) -> list[str]:
+        problems = [p for p in map(header_name_problem, value) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    # --- Every problem at once -------------------------------------------------------
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            # Raised as our own error: pydantic's would print the raw input, secrets and all.
+            raise _as_settings_error(exc) from None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _every_problem(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
+        """Field errors first, then the checks between fields on every value that parsed:
+        a bad BATCH_SIZE does not hide a bad CLARI_MODE, nor the other way round."""
+        if not isinstance(data, dict):
+            return handler(data)
+        raw_secrets = [
+            v for k, v in data.items() if _field_of(k) in SECRET_SETTINGS and isinstance(v, str)
+        ]
+        problems: list[Problem] = []
+        broken: frozenset[str] = frozenset()
+        try:
+            settings = handler(data)
+        except ValidationError as exc:
+            problems = _field_problems(exc, raw_secrets)
+            broken = frozenset(_field_of(str(e["loc"][0])) for e in exc.errors() if e["loc"])
+            # The fields that failed take their defaults, and checks that read them are
+            # skipped: what is left can only report problems of its own.
+            kept = {k: v for k, v in data.items() if _field_of(k) not in broken}
+            try:
+                settings = handler(kept)
+            except ValidationError as again:  # not expected: field errors are per field
+                raise SettingsError(problems + _field_problems(again, raw_secrets)) from None
+        problems += settings._problems(broken)
+        if problems:
+            raise SettingsError(problems)
+        settings._notes = [
+            f"{_alias(field)}: one trailing newline removed (as a file read into a "
+            "Secret usually ends with one)"
+            for key, value in data.items()
+            if (field := _field_of(key)) in SECRET_SETTINGS
+            and isinstance(value, str)
+            and value.endswith("\n")
+        ]
+        return settings
+
+    def _problems(self, broken: frozenset[str]) -> list[Problem]:
+        """The checks between fields; a check is skipped when a field it reads is broken."""
+        problems: list[Problem] = []
+
+        def ok(*fields: str) -> bool:
+            return not broken.intersection(fields)
+
+        def add(variable: str, why: str) -> None:
+            problems.append(Problem(variable, why))
+
         template = self.clari_template
-        if template != "manual":
-            if self.clari_entity_type is None:
+        if not ok("clari_template"):
+            pass
+        elif template != "manual":
+            if ok("clari_entity_type") and self.clari_entity_type is None:
                 allowed = ", ".join(ENTITY_TYPES.values())
-                problems.append(
-                    (
-                        "CLARI_ENTITY_TYPE",
-                        f"required by template {template}; allowed values: {allowed}",
-                    )
+                add(
+                    "CLARI_ENTITY_TYPE",
+                    f"required by template {template}; allowed values: {allowed}",
                 )
             modes = TEMPLATE_MODES[template]
-            if self.clari_mode is not None and self.clari_mode.strip().lower() not in modes:
+            if (
+                ok("clari_mode")
+                and self.clari_mode is not None
+                and self.clari_mode.strip().lower() not in modes
+            ):
                 allowed = ", ".join(m.capitalize() for m in modes)
-                problems.append(
-                    (
-                        "CLARI_MODE",
-                        f"'{self.clari_mode}' is not a mode of "
-                        f"template {template}; allowed values: {allowed}",
-                    )
+                add(
+                    "CLARI_MODE",
+                    f"'{self.clari_mode}' is not a mode of template {template}; "
+                    f"allowed values: {allowed}",
                 )
             if (
-                template == "upload-entity-data"
+                ok("batch_enabled", "batch_size")
+                and template == "upload-entity-data"
                 and self.batch_enabled
                 and self.batch_size > UPLOAD_MAX_RECORDS
             ):
-                problems.append(
-                    (
-                        "BATCH_SIZE",
-                        f"{self.batch_size} is over {UPLOAD_MAX_RECORDS}, "
-                        "the most Clari's Upload Entity Data accepts in one call; "
-                        f"allowed values: 1 to {UPLOAD_MAX_RECORDS}",
-                    )
+                add(
+                    "BATCH_SIZE",
+                    f"{self.batch_size} is over {UPLOAD_MAX_RECORDS}, the most Clari's Upload "
+                    f"Entity Data accepts in one call; allowed values: 1 to {UPLOAD_MAX_RECORDS}",
                 )
-            if template == "ingest-bulk-entities" and self.batch_max_bytes > BULK_MAX_BYTES:
-                problems.append(
-                    (
-                        "BATCH_MAX_BYTES",
-                        f"{self.batch_max_bytes} is over Clari's "
-                        f"bulk file limit; allowed values: 1024 to {BULK_MAX_BYTES}",
-                    )
+            if (
+                ok("batch_max_bytes")
+                and template == "ingest-bulk-entities"
+                and self.batch_max_bytes > BULK_MAX_BYTES
+            ):
+                add(
+                    "BATCH_MAX_BYTES",
+                    f"{self.batch_max_bytes} is over Clari's bulk file limit; "
+                    f"allowed values: 1024 to {BULK_MAX_BYTES}",
                 )
-        elif not self.clari_url:
-            problems.append(("CLARI_URL", "required when CLARI_TEMPLATE=manual"))
-        if self.batch_grouping == "attribute" and not self.batch_group_attribute:
-            problems.append(("BATCH_GROUP_ATTRIBUTE", "required when BATCH_GROUPING=attribute"))
-        if self.clari_auth_style != "none" and self.clari_api_token is None:
-            problems.append(
-                (
-                    "CLARI_API_TOKEN",
-                    f"required when CLARI_AUTH_STYLE="
-                    f"{self.clari_auth_style} (set CLARI_AUTH_STYLE=none to send "
-                    "no credential)",
-                )
-            )
-        if self.clari_auth_style == "apikey" and self.clari_partner_key is None:
-            problems.append(
-                (
-                    "CLARI_PARTNER_KEY",
-                    "required when CLARI_AUTH_STYLE=apikey: "
-                    "Clari needs a partnerkey header on every ingest call",
-                )
-            )
-        if self.kafka_security_protocol.startswith("SASL") and not (
-            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        elif ok("clari_url") and not self.clari_url:
+            add("CLARI_URL", "required when CLARI_TEMPLATE=manual")
+        if (
+            ok("batch_grouping", "batch_group_attribute")
+            and self.batch_grouping == "attribute"
+            and not self.batch_group_attribute
         ):
+            add("BATCH_GROUP_ATTRIBUTE", "required when BATCH_GROUPING=attribute")
+        auth = self.clari_auth_style
+        token_missing = self.clari_api_token is None and auth != "none"
+        if ok("clari_auth_style", "clari_api_token") and token_missing:
+            add(
+                "CLARI_API_TOKEN",
+                f"required when CLARI_AUTH_STYLE={auth} "
+                "(set CLARI_AUTH_STYLE=none to send no credential)",
+            )
+        key_missing = self.clari_partner_key is None and auth == "apikey"
+        if ok("clari_auth_style", "clari_partner_key") and key_missing:
+            add(
+                "CLARI_PARTNER_KEY",
+                "required when CLARI_AUTH_STYLE=apikey: "
+                "Clari needs a partnerkey header on every ingest call",
+            )
+        sasl = ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+        if (
+            ok("kafka_security_protocol", *sasl)
+            and self.kafka_security_protocol.startswith("SASL")
+            and not (
+                self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+            )
+        ):
+            add(
+                "KAFKA_SASL_MECHANISM",
+                "KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are "
+                f"required with KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}",
+            )
+        if (
+            ok("kafka_value_format", "schema_registry_url")
+            and self.kafka_value_format == "avro"
+            and not self.schema_registry_url
+        ):
+            add("SCHEMA_REGISTRY_URL", "required when KAFKA_VALUE_FORMAT=avro")
+        if ok("kafka_max_poll_interval_ms", "kafka_session_timeout_ms") and (
+            self.kafka_max_poll_interval_ms < self.kafka_session_timeout_ms
+        ):
+            add(
+                "KAFKA_MAX_POLL_INTERVAL_MS",
+                f"{self.kafka_max_poll_interval_ms} is below KAFKA_SESSION_TIMEOUT_MS="
+                f"{self.kafka_session_timeout_ms}; Kafka needs the poll interval at least "
+                "as long",
+            )
+        for first, last in (
+            ("retry_backoff_initial_ms", "retry_backoff_max_ms"),
+            ("job_poll_initial_ms", "job_poll_max_ms"),
+        ):
+            low, high = getattr(self, first), getattr(self, last)
+            if ok(first, last) and low > high:
+                add(
+                    _alias(first),
+                    f"{low} is above {_alias(last)}={high}; allowed values: 1 to {high} "
+                    f"(or raise {_alias(last)})",
+                )
+        if ok("kafka_topics", "response_topic", "dlq_topic", "response_topic_enabled"):
+            outputs = {"DLQ_TOPIC": self.dlq_topic}
+            if self.response_topic_enabled:
+                outputs["RESPONSE_TOPIC"] = self.response_topic
+            for variable, topic in outputs.items():
+                if topic in self.kafka_topics:
+                    add(
+                        variable,
+                        f"'{topic}' is also in KAFKA_TOPICS: the sink would consume "
+                        "what it writes, without end",
+                    )
+        if ok("kafka_topics") and _REQUIRE_TOPICS.get() and not self.kafka_topics:
+            add("KAFKA_TOPICS", "required (comma-separated topic names)")
+        problems += self._transport_problems(ok)
+        return problems
+
+    def _transport_problems(self, ok: Any) -> list[Problem]:
+        """URLs that are not http(s), and credentials that would travel unencrypted."""
+        problems: list[Problem] = []
+        urls = [
+            ("CLARI_BASE_URL", "clari_base_url", "clari_allow_insecure_http"),
+            ("CLARI_URL", "clari_url", "clari_allow_insecure_http"),
+            ("SCHEMA_REGISTRY_URL", "schema_registry_url", "schema_registry_allow_insecure_http"),
+        ]
+        for variable, field, allow in urls:
+            url = getattr(self, field)
+            if url is None or not ok(field, allow):
+                continue
+            bad = control_characters(url)
+            why = bad or url_problem(url, _alias(allow), getattr(self, allow))
+            if why:
+                problems.append(Problem(variable, why))
+        sasl = ("kafka_security_protocol", "kafka_sasl_mechanism", "kafka_bootstrap_servers")
+        hosts = self._insecure_sasl_hosts() if ok(*sasl, "kafka_allow_insecure_sasl") else []
+        if hosts and not self.kafka_allow_insecure_sasl:
             problems.append(
-                (
-                    "KAFKA_SASL_MECHANISM",
-                    "KAFKA_SASL_MECHANISM, "
-                    "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with "
-                    f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}",
+                Problem(
+                    "KAFKA_SECURITY_PROTOCOL",
+                    "SASL_PLAINTEXT with KAFKA_SASL_MECHANISM=PLAIN would send the Kafka "
+                    f"password unencrypted to {', '.join(hosts)}; use SASL_SSL, or set "
+                    "KAFKA_ALLOW_INSECURE_SASL=true to allow it",
                 )
             )
-        if self.kafka_value_format == "avro" and not self.schema_registry_url:
-            problems.append(("SCHEMA_REGISTRY_URL", "required when KAFKA_VALUE_FORMAT=avro"))
-        if self.schema_registry_url and not self.schema_registry_url.startswith(
-            ("http://", "https://")
+        return problems
+
+    def _insecure_sasl_hosts(self) -> list[str]:
+        if self.kafka_security_protocol != "SASL_PLAINTEXT" or self.kafka_sasl_mechanism != "PLAIN":
+            return []
+        return [h for h in broker_hosts(self.kafka_bootstrap_servers) if not is_loopback(h)]
+
+    def warnings(self) -> list[str]:
+        """What the operator must hear at start: insecure transport allowed and in use,
+        values the sink corrected."""
+        lines = list(self._notes)
+        for variable, url in (
+            ("CLARI_BASE_URL", self.clari_base_url),
+            ("CLARI_URL", self.clari_url),
         ):
-            problems.append(
-                ("SCHEMA_REGISTRY_URL", f"must start with http:// or https://, got "
-                 f"'{self.schema_registry_url}'")
-            )  # fmt: skip
-        if self.kafka_max_poll_interval_ms < self.kafka_session_timeout_ms:
-            problems.append(("KAFKA_MAX_POLL_INTERVAL_MS", f"{self.kafka_max_poll_interval_ms} is "
-                             f"below KAFKA_SESSION_TIMEOUT_MS={self.kafka_session_timeout_ms}; "
-                             "Kafka needs the poll interval at least as long"))  # fmt: skip
-        if problems:
-            raise SettingsError(problems)
-        return self
+            host = insecure_url(url) if url else None
+            if host and self.clari_allow_insecure_http:
+                lines.append(
+                    f"INSECURE: CLARI_ALLOW_INSECURE_HTTP=true: {variable} is plain http:// to "
+                    f"{host}; the Clari credentials and every record travel unencrypted"
+                )
+        host = insecure_url(self.schema_registry_url) if self.schema_registry_url else None
+        if host and self.schema_registry_allow_insecure_http:
+            lines.append(
+                "INSECURE: SCHEMA_REGISTRY_ALLOW_INSECURE_HTTP=true: SCHEMA_REGISTRY_URL is "
+                f"plain http:// to {host}; its credentials and schemas travel unencrypted"
+            )
+        hosts = self._insecure_sasl_hosts()
+        if hosts and self.kafka_allow_insecure_sasl:
+            lines.append(
+                "INSECURE: KAFKA_ALLOW_INSECURE_SASL=true: SASL PLAIN over SASL_PLAINTEXT sends "
+                f"the Kafka password unencrypted to {', '.join(hosts)}"
+            )
+        return lines
 
     # --- Derived values ----------------------------------------------------------
     @property
@@ -355,6 +658,30 @@ class Settings(BaseSettings):
     def extra_headers(self) -> dict[str, str]:
         return parse_headers(self.clari_request_headers)
 
+    def secret_values(self) -> list[str]:
+        """Every value to mask wherever it shows (see sink/masking.py)."""
+        values = [
+            secret.get_secret_value()
+            for field in SECRET_SETTINGS
+            if (secret := getattr(self, field)) is not None
+        ]
+        safe = SAFE_HEADERS | {h.lower() for h in self.clari_safe_headers}
+        values += [
+            value
+            for name, value in self.extra_headers.items()
+            if name.lower() not in safe and len(value) >= MIN_SEARCHED_LEN
+        ]
+        for url in (self.clari_base_url, self.clari_url, self.schema_registry_url):
+            if not url:
+                continue
+            values += [part.partition(":")[2] for part in userinfo(url)]
+            values += [v for v in secret_query_values(url) if len(v) >= MIN_SEARCHED_LEN]
+        return [v for v in values if v]
+
+    def masker(self) -> Masker:
+        """The one masking function bound to these settings' secrets and safe headers."""
+        return Masker(self.secret_values(), self.clari_safe_headers)
+
     def kafka_common(self) -> dict[str, Any]:
         """librdkafka settings shared by the consumer and the producer."""
         conf: dict[str, Any] = {
@@ -372,15 +699,23 @@ class Settings(BaseSettings):
         return conf
 
 
-SECRET_FIELDS = frozenset({"clari_api_token", "clari_partner_key", "kafka_sasl_password"})
-
-
-class SettingsError(ValueError):
-    """Settings that cannot work together; each problem names its variable."""
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(f"{name}: {why}" for name, why in problems))
+# Settings never echoed in an error, even when invalid: credentials, and headers that
+# may carry them.
+NOT_ECHOED = frozenset({*SECRET_SETTINGS, "clari_request_headers"})
+_NUMBER_ERRORS = frozenset(
+    {
+        "finite_number",
+        "greater_than",
+        "greater_than_equal",
+        "less_than",
+        "less_than_equal",
+        "float_parsing",
+        "float_type",
+        "int_parsing",
+        "int_type",
+        "int_from_float",
+    }
+)
 
 
 def _alias(field: str) -> str:
@@ -388,36 +723,183 @@ def _alias(field: str) -> str:
     return info.alias if info is not None and info.alias else field.upper()
 
 
+def _field_of(key: str) -> str:
+    """The field a key of the settings' sources names (an alias or a field name, any case)."""
+    return _FIELDS_BY_KEY.get(key.lower(), key)
+
+
+def _allowed_numbers(field: str) -> str | None:
+    """A numeric field's bounds, as the error message's "allowed values"."""
+    info = Settings.model_fields.get(field)
+    if info is None:
+        return None
+    low = high = ""
+    for item in info.metadata:  # annotated_types' Ge, Gt, Le, Lt
+        if (ge := getattr(item, "ge", None)) is not None:
+            low = f"{ge}"
+        elif (gt := getattr(item, "gt", None)) is not None:
+            low = f"more than {gt}"
+        elif (le := getattr(item, "le", None)) is not None:
+            high = f"{le}"
+        elif (lt := getattr(item, "lt", None)) is not None:
+            high = f"less than {lt}"
+    if not low and not high:
+        return None
+    if low and high:
+        return f"{low} to {high}" if not low.startswith("more") else f"{low}, at most {high}"
+    return f"at least {low}" if low and not low.startswith("more") else low or f"at most {high}"
+
+
+def _field_problems(exc: ValidationError, secrets: list[str]) -> list[Problem]:
+    problems: list[Problem] = []
+    for err in exc.errors():
+        if not err["loc"]:
+            inner = (err.get("ctx") or {}).get("error")
+            if isinstance(inner, SettingsError):
+                problems += inner.problems
+            else:
+                problems.append(Problem("settings", mask(str(err["msg"]), secrets)))
+            continue
+        field = _field_of(str(err["loc"][0]))
+        why = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] in _NUMBER_ERRORS and (bounds := _allowed_numbers(field)):
+            why += f"; allowed values: {bounds}"
+        shown = None if field in NOT_ECHOED else mask(repr(err.get("input")), secrets)
+        problems.append(Problem(_alias(field), mask(why, secrets), shown))
+    return problems
+
+
+def _as_settings_error(exc: ValidationError) -> SettingsError:
+    for err in exc.errors():
+        inner = (err.get("ctx") or {}).get("error")
+        if not err["loc"] and isinstance(inner, SettingsError):
+            return inner
+    return SettingsError(_field_problems(exc, []))
+
+
 def describe_errors(exc: Exception) -> list[str]:
     """One line per bad setting: its variable, the value (unless secret), why, what is allowed."""
     if isinstance(exc, SettingsError):
-        return [f"{name}: {why}" for name, why in exc.problems]
+        return [str(p) for p in exc.problems]
     if isinstance(exc, ValidationError):
-        lines: list[str] = []
-        for err in exc.errors():
-            loc = [str(part) for part in err["loc"]]
-            if not loc:
-                ctx = err.get("ctx") or {}
-                inner = ctx.get("error")
-                if isinstance(inner, SettingsError):
-                    lines.extend(f"{n}: {w}" for n, w in inner.problems)
-                else:
-                    lines.append(str(err["msg"]))
-                continue
-            field = loc[0]
-            name = _alias(field)
-            field = next((f for f, i in Settings.model_fields.items() if i.alias == field), field)
-            shown = "" if field in SECRET_FIELDS else f"={err.get('input')!r}"
-            lines.append(f"{name}{shown}: {err['msg']}")
-        return lines
+        return [str(p) for p in _as_settings_error(exc).problems]
     return [str(exc)]
 
 
-def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
-    """Read settings from the environment, then ``env_file`` (KEY=VALUE lines) below it."""
+# --- Names that are not settings ---------------------------------------------------------
+# The prefixes of the sink's settings: a variable with one of them that is not a setting
+# is most likely a misspelt one.
+PREFIXES = (
+    "CLARI_", "KAFKA_", "BATCH_", "HTTP_", "SINK_", "RETRY_", "JOB_", "SCHEMA_REGISTRY_",
+    "RESPONSE_", "DLQ_", "ADMIN_", "LOG_",
+)  # fmt: skip
+# Variables with those prefixes that are not settings, yet are expected: read by the
+# command line or the devkit, or used by the tools around the sink.
+NOT_SETTINGS = frozenset(
+    {
+        "SINK_CONFIG_FILE",  # sink/cli.py: the settings file
+        "HTTP_PROXY",  # proxies, read by HTTP clients
+        "KAFKA_HEAP_OPTS",  # Apache Kafka's scripts, in a developer's shell
+        "KAFKA_OPTS",
+        "KAFKA_JVM_PERFORMANCE_OPTS",
+        "KAFKA_LOG4J_OPTS",
+    }
+)
+NOT_SETTING_PREFIXES = (
+    # devkit (CLARI_SINK_CACHE, CLARI_SINK_KAFKA_VERSION), and the variables Kubernetes
+    # sets for the clari-sink-admin Service (CLARI_SINK_ADMIN_SERVICE_HOST, ...).
+    "CLARI_SINK_",
+    # Reserved for librdkafka properties passed through as they are (checked by
+    # librdkafka itself when the sink starts).
+    "KAFKA_CONSUMER_",
+    "KAFKA_PRODUCER_",
+)
+# Kubernetes "service links": <SERVICE>_SERVICE_HOST, <SERVICE>_PORT=tcp://..., ...
+_SERVICE_LINK = re.compile(r"[A-Z0-9_]+_SERVICE_(HOST|PORT(_[A-Z0-9_]+)?)")
+_SERVICE_PORT = re.compile(r"[A-Z0-9_]+_PORT(_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?")
+
+
+def known_settings() -> frozenset[str]:
+    """Every setting's variable, from the model (new settings are known at once)."""
+    return frozenset(_alias(field).upper() for field in Settings.model_fields)
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """Warnings for variables that look like settings but are none (misspelt, or gone)."""
+    known = known_settings()
+    lines = []
+    for name, value in sorted(environ.items()):
+        upper = name.upper()
+        if (
+            not upper.startswith(PREFIXES)
+            or upper in known
+            or upper in NOT_SETTINGS
+            or upper.startswith(NOT_SETTING_PREFIXES)
+            or _SERVICE_LINK.fullmatch(upper)
+            or (_SERVICE_PORT.fullmatch(upper) and "://" in value)
+        ):
+            continue
+        lines.append(f"{name} is not a setting and is ignored{did_you_mean(name, known)}")
+    return lines
+
+
+def _unknown_file_keys(env_file: Path) -> list[Problem]:
+    known = known_settings()
+    return [
+        Problem(
+            key,
+            f"not a setting{did_you_mean(key, known)}; a settings file holds settings only "
+            f"(in {env_file})",
+        )
+        for key in dotenv_values(env_file)
+        if key.upper() not in known
+    ]
+
+
+def load_settings(
+    env_file: Path | None = None, *, require_topics: bool = False, **overrides: Any
+) -> Settings:
+    """Read settings from the environment, then ``env_file`` (KEY=VALUE lines) below it.
+
+    Raises SettingsError with every problem: unknown keys in the file, bad values, and
+    what ``require_topics`` asks for."""
     if env_file is not None and not env_file.is_file():
-        raise SettingsError([("SINK_CONFIG_FILE", f"no such file: {env_file}")])
-    return Settings(_env_file=env_file, **overrides)
+        raise SettingsError([Problem("SINK_CONFIG_FILE", f"no such file: {env_file}")])
+    problems = _unknown_file_keys(env_file) if env_file is not None else []
+    token = _REQUIRE_TOPICS.set(require_topics)
+    try:
+        settings = Settings(_env_file=env_file, **overrides)
+    except SettingsError as exc:
+        problems += exc.problems
+    finally:
+        _REQUIRE_TOPICS.reset(token)
+    if problems:
+        raise SettingsError(problems)
+    return settings
 
 
-__all__ = ["Settings", "SettingsError", "describe_errors", "load_settings"]
+def _strip_one_newline(value: str) -> str:
+    """A secret read from a file (``kubectl create secret --from-file``, ``$(cat f)`` in
+    compose) usually ends with the file's newline, which no token contains: remove one
+    line ending. Any other control character is refused (see ``Settings._secret``)."""
+    if value.endswith("\r\n"):
+        return value[:-2]
+    return value[:-1] if value.endswith("\n") else value
+
+
+_FIELDS_BY_KEY = {
+    key.lower(): field
+    for field, info in Settings.model_fields.items()
+    for key in (field, info.alias or field)
+}
+
+
+__all__ = [
+    "Problem",
+    "Settings",
+    "SettingsError",
+    "describe_errors",
+    "known_settings",
+    "load_settings",
+    "unknown_environment",
+]

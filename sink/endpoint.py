@@ -7,14 +7,13 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from sink import __version__
+from sink import __version__, masking
 from sink.config import Settings
 from sink.decoding import lookup
 from sink.formats import CONTENT_TYPES, ROW_FORMATS, json_pieces, render_pieces
 from sink.records import Batch
 
-SECRET_HEADERS = frozenset({"apikey", "partnerkey", "authorization", "x-api-key"})
-MASK = "****"
+MASK = masking.MASK
 BULK_FILE_FIELD = "FileData"  # the part name in Clari's bulk example
 BULK_FILE_NAME = "data.json"
 
@@ -57,7 +56,7 @@ class EndpointBuilder:
         self.template = settings.clari_template
         self.base = settings.clari_base_url.rstrip("/")
         self.format = settings.content_format
-        self._secrets = [v for v in self._secret_values() if v]
+        self.masker = settings.masker()
 
     # -- the pieces ------------------------------------------------------------------
     def credential_headers(self) -> dict[str, str]:
@@ -151,32 +150,16 @@ class EndpointBuilder:
             method="GET", url=self.job_status_url(job_id), headers=headers, pieces=[]
         )
 
-    # -- masking ---------------------------------------------------------------------
-    def _secret_values(self) -> list[str]:
-        s = self.s
-        return [
-            x.get_secret_value()
-            for x in (
-                s.clari_api_token,
-                s.clari_partner_key,
-                s.kafka_sasl_password,
-                s.schema_registry_password,
-            )
-            if x is not None
-        ]
-
+    # -- masking: sink/masking.py, bound to these settings' secrets --------------------
     def mask_headers(self, headers: dict[str, str]) -> dict[str, str]:
-        return {
-            k: (MASK if k.lower() in SECRET_HEADERS else self.mask_text(v))
-            for k, v in headers.items()
-        }
+        """Headers to show: every value ``****`` but those of safe headers (Content-Type,
+        User-Agent, CLARI_SAFE_HEADERS...), which are masked as text."""
+        return self.masker.headers(headers)
 
     def mask_text(self, text: str) -> str:
-        """Replace any secret value that a user copied into a header, URL or body."""
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
-        return text
+        """Any text to show or publish: secrets a user or an API copied into it, URL
+        passwords and credential-named query values become ``****``."""
+        return self.masker.text(text)
 
 
 def _multipart_envelope(boundary: str) -> tuple[bytes, bytes]:

@@ -49,7 +49,7 @@ class Pipeline:
     ) -> None:
         self.s = settings
         self.metrics = metrics or Metrics()
-        self.health = health or Health()
+        self.health = health or Health.for_settings(settings)
         self.tracker = OffsetTracker()
         self.registry = registry_for(settings)  # None: values are JSON
         self.shaper = Shaper(

@@ -8,6 +8,7 @@ send (secrets masked). ``test-send`` sends one of them, or a body the user edite
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from typing import Any
@@ -91,15 +92,18 @@ def sample_requests(
 
 
 def describe(req: PreparedRequest, builder: EndpointBuilder) -> dict[str, Any]:
-    body: Any = req.body.decode("utf-8", "replace")
+    """A request as shown: every part through the settings' masking."""
+    body: Any = builder.mask_text(req.body.decode("utf-8", "replace"))
     if req.headers.get("Content-Type", "").startswith("application/json"):
-        body = orjson.loads(req.body)
+        # Should a masked value have broken the JSON, the text is shown.
+        with contextlib.suppress(orjson.JSONDecodeError):
+            body = orjson.loads(body)
     return {
         "method": req.method,
         "url": builder.mask_text(req.url),
         "headers": builder.mask_headers(req.headers),
         "records": req.records,
-        "body": body if not isinstance(body, str) else builder.mask_text(body),
+        "body": body,
     }
 
 
@@ -124,7 +128,9 @@ def print_samples(settings: Settings, limit: int, as_json: bool) -> int:
             orjson.dumps(
                 {
                     "requests": shown,
-                    "rejected": [{"record": r.where, "reason": why} for r, why in rejected],
+                    "rejected": [
+                        {"record": r.where, "reason": builder.mask_text(why)} for r, why in rejected
+                    ],
                 },
                 option=orjson.OPT_INDENT_2,
             ).decode()
@@ -143,7 +149,7 @@ def print_samples(settings: Settings, limit: int, as_json: bool) -> int:
             else orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()
         )
     for record, why in rejected:
-        print(f"--- {record.where} would go to the dead-letter topic: {why}")
+        print(f"--- {record.where} would go to the dead-letter topic: {builder.mask_text(why)}")
     return 0
 
 
@@ -169,8 +175,8 @@ async def test_send(settings: Settings, body: bytes | None, limit: int) -> int:
         print(f"no answer: {res.error}")
         return 1
     print(f"HTTP {res.status}  ({res.latency_s * 1000:.0f} ms)")
-    for name, value in res.headers.items():
-        print(f"{name}: {value}")
+    for name, value in res.headers.items():  # an API may echo a credential in a header
+        print(f"{name}: {builder.mask_text(value)}")
     print()
     print(builder.mask_text(res.body.decode("utf-8", "replace")))
     return 0 if 200 <= res.status < 300 else 1

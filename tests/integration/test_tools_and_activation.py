@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,8 @@ def test_sample_shows_exact_requests_without_committing(kafka: str, emulator: Em
         topic,
         BATCH_SIZE=3,
         CLARI_EXCLUDE_ATTRIBUTES="ssn",
-        CLARI_REQUEST_HEADERS="X-Team:revops",
+        CLARI_REQUEST_HEADERS="X-Team:revops,X-Custom-Auth:custom-secret-123",
+        CLARI_SAFE_HEADERS="X-Team",
         CLARI_IS_LAST_BATCH="false",
     )
     done = cli(env, "sample", "--records", "7", "--json")
@@ -68,11 +70,14 @@ def test_sample_shows_exact_requests_without_committing(kafka: str, emulator: Em
         f"{emulator.url}/v2/ingest/entity/account?mode=incremental&isLastBatch=false"
     )
     assert reqs[0]["headers"]["apikey"] == "****" and reqs[0]["headers"]["partnerkey"] == "****"
-    assert reqs[0]["headers"]["X-Team"] == "revops"
+    assert reqs[0]["headers"]["X-Team"] == "revops"  # listed as safe
+    assert reqs[0]["headers"]["X-Custom-Auth"] == "****"  # any other header is a credential
     assert reqs[0]["body"][0]["records"][0] == {k: v for k, v in sent[0].items() if k != "ssn"}
     assert "test-token" not in done.stdout + done.stderr
+    assert "custom-secret-123" not in done.stdout + done.stderr
     text = cli(env, "sample", "--records", "2")
     assert "POST " in text.stdout and "apikey: ****" in text.stdout
+    assert "X-Custom-Auth: ****" in text.stdout and "custom-secret-123" not in text.stdout
     assert emulator.api_requests() == []
     assert all(o < 0 for o in committed(kafka, env["KAFKA_GROUP_ID"], topic).values())
 
@@ -97,8 +102,13 @@ def test_test_send_sends_a_sample_or_an_edited_file(
     assert "test-token" not in done.stdout
 
 
+ADMIN_TOKEN = "admin-token-for-the-tests"
+
+
 def _admin(port: int, path: str, method: str = "GET") -> Any:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    # Changing the sink's state takes the admin token; reading it does not.
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if method == "POST" else {}
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=5) as resp:
         body = resp.read()
     return body.decode() if path == "/metrics" else json.loads(body)
@@ -109,7 +119,9 @@ def test_inactive_sends_nothing_then_activation_delivers_everything(
 ) -> None:
     topic = seeded_topic(kafka, [crm_record("account", i) for i in range(300)], partitions=2)
     port = free_port()
-    env = sink_env(kafka, emulator, topic, SINK_ACTIVE="false", ADMIN_PORT=port)
+    env = sink_env(
+        kafka, emulator, topic, SINK_ACTIVE="false", ADMIN_PORT=port, ADMIN_TOKEN=ADMIN_TOKEN
+    )
     sink = SinkProcess(env, log_dir=logs).start()
     try:
         wait_until(
@@ -121,6 +133,11 @@ def test_inactive_sends_nothing_then_activation_delivers_everything(
         time.sleep(2)
         assert emulator.api_requests() == []
         assert "clari_sink_active 0.0" in _admin(port, "/metrics")
+        anonymous = urllib.request.Request(f"http://127.0.0.1:{port}/admin/activate", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(anonymous, timeout=5)
+        assert refused.value.code == 401
+        assert _admin(port, "/admin/state")["active"] is False
         _admin(port, "/admin/activate", "POST")
         wait_until(lambda: len(emulator.records()) == 300, 30, what="delivery after activation")
         _admin(port, "/admin/deactivate", "POST")

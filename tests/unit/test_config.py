@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -106,6 +107,16 @@ def test_environment_and_file(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None
     assert s.batch_size == 25  # the environment wins over the file
 
 
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sink.cli", *args],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_cli_exits_2_naming_the_setting() -> None:
     env = {
         "PATH": "/usr/bin:/bin",
@@ -138,6 +149,56 @@ def test_avro_needs_a_schema_registry() -> None:
         "SCHEMA_REGISTRY_URL" in e and "http://" in e
         for e in errors(KAFKA_VALUE_FORMAT="avro", SCHEMA_REGISTRY_URL="registry:8081")
     )
-    ok = Settings(**BASE, KAFKA_VALUE_FORMAT="avro", SCHEMA_REGISTRY_URL="http://registry:8081")
+    ok = Settings(**BASE, KAFKA_VALUE_FORMAT="avro", SCHEMA_REGISTRY_URL="https://registry:8081")
     assert ok.kafka_value_format == "avro"
     assert any("json" in e and "avro" in e for e in errors(KAFKA_VALUE_FORMAT="protobuf"))
+
+
+# --- every problem at once ------------------------------------------------------------
+def test_field_errors_do_not_hide_the_checks_between_fields() -> None:
+    lines = errors(CLARI_MODE="Upsert", BATCH_SIZE="500", KAFKA_AUTO_OFFSET_RESET="sometimes")
+    assert len(lines) == 3
+    assert any(
+        x.startswith("KAFKA_AUTO_OFFSET_RESET='sometimes'") and "'earliest' or 'latest'" in x
+        for x in lines
+    )
+    assert any(x.startswith("CLARI_MODE") and "Incremental, Full" in x for x in lines)
+    assert any(x.startswith("BATCH_SIZE") and "1 to 100" in x for x in lines)
+
+
+def test_a_check_that_reads_a_broken_field_is_skipped() -> None:
+    # The mode cannot be judged against a template that is not one: only the template is named.
+    lines = errors(CLARI_TEMPLATE="bulk", CLARI_MODE="Upsert")
+    assert len(lines) == 1 and lines[0].startswith("CLARI_TEMPLATE='bulk'")
+
+
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_cli_lists_every_problem_and_exits_2(command: str) -> None:
+    env = {
+        "CLARI_ENTITY_TYPE": "Account",
+        "CLARI_API_TOKEN": "hush-hush-token",
+        "CLARI_PARTNER_KEY": "pk",
+        "CLARI_MODE": "Upsert",
+        "BATCH_SIZE": "500",
+        "KAFKA_AUTO_OFFSET_RESET": "sometimes",
+    }
+    done = cli(env, command)
+    assert done.returncode == 2, done.stderr
+    problems = [x for x in done.stderr.splitlines() if x.startswith("  - ")]
+    named = {x[4:].split("=")[0].split(":")[0] for x in problems}
+    expected = {"CLARI_MODE", "BATCH_SIZE", "KAFKA_AUTO_OFFSET_RESET"}
+    # run also needs topics, and says so in the same list
+    assert named == (expected | {"KAFKA_TOPICS"} if command == "run" else expected)
+    assert "Incremental, Full" in done.stderr and "1 to 100" in done.stderr
+    assert "'earliest' or 'latest'" in done.stderr
+    assert "hush-hush-token" not in done.stderr + done.stdout
+
+
+def test_the_readmes_example_of_the_error_output_is_what_the_cli_prints() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("clari-sink: invalid settings, not starting:\n", 1)[1]
+    example = "clari-sink: invalid settings, not starting:\n" + example.split("```", 1)[0]
+    env = {"KAFKA_TOPICS": "crm.accounts", **BASE, "CLARI_MODE": "Upsert"}
+    done = cli(env, "run")
+    assert done.returncode == 2
+    assert done.stderr == example

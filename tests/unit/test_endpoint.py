@@ -102,7 +102,7 @@ def test_content_formats() -> None:
     def body(fmt: str) -> bytes:
         s = Settings(
             CLARI_TEMPLATE="manual",
-            CLARI_URL="http://h/x",
+            CLARI_URL="https://h/x",
             CLARI_CONTENT_FORMAT=fmt,
             CLARI_AUTH_STYLE="none",
         )
@@ -124,7 +124,7 @@ def test_content_formats() -> None:
 def test_secrets_copied_into_headers_or_url_are_masked() -> None:
     s = Settings(
         CLARI_TEMPLATE="manual",
-        CLARI_URL="http://h/x?key=tok-SECRET",
+        CLARI_URL="https://h/x?key=tok-SECRET",
         CLARI_REQUEST_HEADERS="X-Copy:pk-SECRET",
         **CRED,
     )

@@ -174,7 +174,7 @@ async def sink(
     s = settings(url, **overrides)
     producer = producer or FakeProducer()
     builder = EndpointBuilder(s)
-    metrics, health = Metrics(), Health()
+    metrics, health = Metrics(), Health.for_settings(s)
     reporter = Reporter(
         producer,  # type: ignore[arg-type]
         response_topic=RESPONSES,

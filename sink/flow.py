@@ -34,6 +34,7 @@ from typing import Any
 
 from sink.batching import Batcher
 from sink.consumer import KafkaSource
+from sink.http_client import next_slot
 from sink.records import Batch, Lane
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ class Pace:
         return slots if self.spacing_s < 0.001 else 1
 
     def take(self, now: float) -> None:
-        self._next = max(self._next, now) + self.spacing_s
+        self._next = next_slot(self._next, now, self.spacing_s)
 
 
 class Dispatcher:

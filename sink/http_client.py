@@ -44,6 +44,12 @@ class RateLimiter:
     """
 
     MARGIN = 1.02
+    # A call let through late (the event loop was busy: its timers fire 2-3 ms late under
+    # load) keeps the schedule if it is late by at most half a spacing, so the lateness
+    # is not lost: with the schedule restarted at every late call, 100 calls/s became 79
+    # at 200 ms a call (bench uniform200-200ms-limit100). Two calls then come at least
+    # half a spacing apart, and any second still holds at most rate / MARGIN + 1 calls.
+    CATCH_UP = 0.5
 
     def __init__(self, rate: float) -> None:
         self.spacing_s = self.MARGIN / rate
@@ -59,7 +65,12 @@ class RateLimiter:
             wait = self._next - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            self._next = max(self._next, time.monotonic()) + self.spacing_s
+            self._next = next_slot(self._next, time.monotonic(), self.spacing_s)
+
+
+def next_slot(scheduled: float, now: float, spacing_s: float) -> float:
+    """When the call after one let through ``now`` may go (see RateLimiter.CATCH_UP)."""
+    return max(scheduled, now - spacing_s * RateLimiter.CATCH_UP) + spacing_s
 
 
 class HttpClient:

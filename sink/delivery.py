@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sink.config import Settings
+from sink.contract import duplicate_keys
 from sink.endpoint import EndpointBuilder, PreparedRequest
 from sink.health import Health
 from sink.http_client import HttpClient, HttpResult
@@ -311,6 +312,20 @@ class Delivery:
                 return
 
             if verdict is Verdict.REJECT:
+                if doubled := duplicate_keys(batch.records):
+                    # A key twice in a record: the sink and Clari read different ids, so
+                    # the error's ids would blame the wrong records. These go first.
+                    for record, error in doubled:
+                        await self.reporter.dead_letter(
+                            [record], reason=error.reason, batch_id=batch.id,
+                            error=error.detail, attempts=calls,
+                        )  # fmt: skip
+                    gone = {id(r) for r, _ in doubled}
+                    batch.records = [r for r in batch.records if id(r) not in gone]
+                    if batch.count:
+                        continue
+                    on_sent()
+                    return
                 ids = rejected_ids(body, batch, self.s.clari_id_field)
                 if ids and len(ids) < len(batch.records):
                     # The API named the culprits: dead-letter those, send the rest again.

@@ -164,3 +164,21 @@ async def test_a_400_that_refuses_the_whole_call_is_not_split() -> None:
         await asyncio.wait_for(s.delivery.deliver(batch(records)), 30)
 
     assert len(calls) == 1 and len(s.dead()) == 50
+
+
+async def test_a_record_holding_a_key_twice_is_blamed_not_the_record_clari_names(
+    emulator: Emulator,
+) -> None:
+    """Record 4 says id twice: the sink read ACC00004, Clari reads the last, ACC00002,
+    and answers 400 naming ACC00002 as a duplicate. Record 2 is innocent: record 4 is
+    dead-lettered (duplicate-key) and the rest, record 2 among them, is delivered."""
+    records = [record(i) for i in range(10)]
+    doubled = records[4].body[:-1] + b',"id":"ACC00002"}'
+    records[4].body = records[4].value = doubled
+    async with sink(emulator.url, CLARI_API_TOKEN=TOKEN, CLARI_PARTNER_KEY=PARTNER) as s:
+        await asyncio.wait_for(s.delivery.deliver(batch(records)), 60)
+    (dead,) = s.dead()
+    assert dead.headers["clari-sink.source.offset"] == b"4"
+    assert dead.headers["clari-sink.error.reason"] == b"duplicate-key"
+    arrived = sorted(a["record"]["id"] for a in emulator.records())
+    assert arrived == sorted(f"ACC{i:05d}" for i in range(10) if i != 4)

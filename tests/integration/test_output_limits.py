@@ -47,7 +47,7 @@ def test_records_too_large_for_the_dead_letter_topic_are_written_cut_and_committ
     _topic(kafka, env["DLQ_TOPIC"], 300_000)
     msgs = [keyed(i, 10) for i in range(10)]
     rejected = orjson.loads(msgs[3][1])
-    del rejected["createdAt"]  # Clari answers 400 naming this record
+    del rejected["createdAt"]  # refused by Clari's record contract, before sending
     rejected["blob"] = "x" * 2_000_000
     msgs[3] = (msgs[3][0], orjson.dumps(rejected))
     msgs[6] = (msgs[6][0], orjson.dumps({**orjson.loads(msgs[6][1]), "blob": "y" * 20_000_000}))
@@ -64,7 +64,7 @@ def test_records_too_large_for_the_dead_letter_topic_are_written_cut_and_committ
     }
     assert sorted(dead) == [3, 6]
     reasons = {o: headers_of(m)["clari-sink.error.reason"] for o, m in dead.items()}
-    assert reasons == {3: b"rejected-by-api", 6: b"record-too-large"}
+    assert reasons == {3: b"missing-timestamp", 6: b"record-too-large"}
     for offset, m in dead.items():
         h = headers_of(m)
         original = msgs[offset][1]

@@ -34,7 +34,7 @@ from typing import Any
 
 from sink.batching import Batcher
 from sink.consumer import KafkaSource
-from sink.http_client import next_slot
+from sink.http_client import RateLimiter, next_slot
 from sink.records import Batch, Lane
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Pace:
     """When the next call may start: ``rate`` calls a second, evenly spaced (the same
     spacing as sink.http_client.RateLimiter, which enforces it on every call)."""
 
-    MARGIN = 1.02
+    MARGIN = RateLimiter.MARGIN
 
     def __init__(self, rate: float) -> None:
         self.spacing_s = self.MARGIN / rate

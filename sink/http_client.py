@@ -36,19 +36,20 @@ class HttpResult:
 class RateLimiter:
     """At most ``rate`` calls in any one-second window, evenly spaced.
 
-    Calls are let through one every ``1.02 / rate`` seconds, never in bursts: Clari counts
+    Calls are let through one every ``1.05 / rate`` seconds, never in bursts: Clari counts
     100 requests per second per token and does not say how it counts, and an even pace
-    stays under any sliding or fixed window (99 calls at most in any second at 100/s).
-    The 2 % margin absorbs the milliseconds between letting a call through and its
-    arrival (measured with a 10 ms margin and a sliding window: 7 extra 429s in 207 calls).
+    stays under any sliding or fixed window. The 5 % margin absorbs the milliseconds
+    between letting a call through and its arrival: with 2 % the emulator still counted
+    102-107 calls in its busiest second on a loaded machine (bench, 200 ms a call), and
+    7 extra 429s in 207 calls with a 10 ms margin and a sliding window.
     """
 
-    MARGIN = 1.02
+    MARGIN = 1.05
     # A call let through late (the event loop was busy: its timers fire 2-3 ms late under
     # load) keeps the schedule if it is late by at most half a spacing, so the lateness
     # is not lost: with the schedule restarted at every late call, 100 calls/s became 79
     # at 200 ms a call (bench uniform200-200ms-limit100). Two calls then come at least
-    # half a spacing apart, and any second still holds at most rate / MARGIN + 1 calls.
+    # half a spacing apart, and any second still holds at most rate / MARGIN + 1.5 calls.
     CATCH_UP = 0.5
 
     def __init__(self, rate: float) -> None:

@@ -89,7 +89,8 @@ def test_benchmark_runs_sink_and_peer_end_to_end(kafka: str, tmp_path: Path) -> 
         assert side["lost"] == 0 and side["duplicates"] == 0 and side["reordered"] == 0
         assert side["records_per_s"] > 0 and side["calls"] >= 10  # at most 100 records a call
         assert side["in_flight_max"] >= 1 and side["in_flight_mean"] > 0
-        assert side["cpu_s_per_100k"] > side["cpu_s_per_100k_run"] > 0
+        # CPU is counted in 10 ms ticks: a run of 1,000 records may show none of its own.
+        assert side["cpu_s_per_100k"] > 0 and side["cpu_s_per_100k_run"] >= 0
         assert side["peak_rss_mib"] > 0 and side["max_calls_in_any_second"] >= 1
     assert one["peer"]["tasks"] == {"RUNNING": 6}  # one per partition
     table = out.with_name("table.md").read_text()

@@ -143,17 +143,22 @@ class KafkaSource:
             await self._call(self._consumer.resume, [TopicPartition(t, p) for t, p in todo])
             self.paused.difference_update(todo)
 
-    def partition_total(self) -> int | None:
+    async def partitions_of_topics(self) -> int | None:
         """How many partitions the subscribed topics have (what the whole group shares),
-        from the broker's metadata; None if it cannot say now. Blocking: for the Kafka
-        thread's own callbacks."""
-        try:
-            topics = self._consumer.list_topics(timeout=5).topics
-        except KafkaException as exc:
-            log.warning("reading topic metadata: %s", exc)
-            return None
-        total = sum(len(topics[t].partitions) for t in self.settings.kafka_topics if t in topics)
-        return total or None
+        from the broker's metadata; None if it cannot say now. Never from a rebalance
+        callback: a consumer call made inside one aborts the process."""
+
+        def query() -> int | None:
+            try:
+                topics = self._consumer.list_topics(timeout=5).topics
+            except KafkaException as exc:
+                log.warning("reading topic metadata: %s", exc)
+                return None
+            wanted = self.settings.kafka_topics
+            return sum(len(topics[t].partitions) for t in wanted if t in topics) or None
+
+        total: int | None = await self._call(query)
+        return total
 
     def cached_high_watermark(self, tp: TP) -> int | None:
         """The partition's end offset as of the last fetch (no broker round trip)."""

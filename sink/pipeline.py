@@ -133,10 +133,11 @@ class Pipeline:
                 on_pushback=self.limit.pushback, on_success=self.limit.success,
                 replayer=Replayer(s, self.shaper),
             )  # fmt: skip
-            Rebalance(
+            self.rebalance = Rebalance(
                 self.source, self._loop, self.tracker, self.batcher, self.flow, self.rejects,
                 self.rate, s.shutdown_timeout_s,
-            ).subscribe()  # fmt: skip
+            )  # fmt: skip
+            self.rebalance.subscribe()
             log.info(
                 "sink started",
                 extra={"topics": s.kafka_topics, "group": s.kafka_group_id,
@@ -166,6 +167,7 @@ class Pipeline:
             if self._fatal is not None:
                 return
             self.flow.pump()
+            await self.rebalance.refresh_share()
             await self._apply_backpressure()
             now = time.monotonic()
             if now >= next_commit:

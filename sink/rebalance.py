@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 
 from sink.batching import Batcher
@@ -41,13 +42,25 @@ class Rebalance:
         self.rejects = rejects
         self.rate = rate
         self.finish_timeout_s = finish_timeout_s
+        self.share_stale = False
 
     def subscribe(self) -> None:
         self.source.subscribe(self.on_assign, self.on_revoke, self.on_lost)
 
     def on_assign(self, tps: list[TP]) -> None:
         log.info("partitions assigned: %s", _fmt(tps))
-        self.rate.update(len(self.source.assignment), self.source.partition_total())
+        # The topics' partition count is asked for from the main loop (refresh_share):
+        # a consumer call made inside a rebalance callback aborts the process
+        # (confluent-kafka's CallState_get assertion, seen when a second member joined).
+        self.share_stale = True
+        self.rate.update(len(self.source.assignment), None)
+
+    async def refresh_share(self) -> None:
+        """Recompute this member's rate share once the assignment changed."""
+        if self.share_stale:
+            self.share_stale = False
+            total = await self.source.partitions_of_topics()
+            self.rate.update(len(self.source.assignment), total)
 
     def on_revoke(self, tps: list[TP]) -> None:
         """Finish the revoked partitions' work, commit, let go."""
@@ -76,11 +89,19 @@ class Rebalance:
             log.error("releasing partitions failed: %s", exc)
 
     async def release(self, tps: set[TP], wait: bool) -> None:
-        """Drop what is buffered for ``tps``; let their in-flight batches finish (or cancel)."""
+        """With ``wait``, send what is buffered for ``tps`` and let it finish, within the
+        timeout: lanes finish out of offset order, so a delivered record can sit above
+        an unsent one, and the commit (the lowest unresolved offset) would hand it to the
+        next owner again. Then drop the rest and cancel what is still in flight."""
+        if wait and self.flow.active:
+            self.flow.add(self.batcher.flush(lambda b: b.lane is not None and b.lane[:2] in tps))
+            self.flow.pump()
+            until = time.monotonic() + self.finish_timeout_s
+            # The offset tracker has no event to wait on; a rebalance is rare.
+            while any(map(self.tracker.unresolved, tps)) and time.monotonic() < until:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
         self.batcher.drop(tps)
         touching = self.flow.drop(tps)
-        if wait and touching:
-            await asyncio.wait(touching, timeout=self.finish_timeout_s)
         for task in touching:
             task.cancel()
         await asyncio.gather(*touching, return_exceptions=True)

@@ -80,7 +80,8 @@ class Pipeline:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.source: KafkaSource | None = None
         self.committer: Committer | None = None
-        self.http: HttpClient | None = None
+        s = settings
+        self.http = HttpClient(s.http_timeout_s, s.http_rate_limit, s.http_max_in_flight)
         self.delivery: Delivery | None = None
         self.metrics.active.set(1 if self.active else 0)
 
@@ -90,10 +91,8 @@ class Pipeline:
 
     @property
     def backpressure(self) -> bool:
-        """Whether any partition is paused to bound memory."""
         return bool(self.pressure.full) or self.pressure.bytes_full
 
-    # ------------------------------------------------------------------ lifecycle
     def check_kafka_config(self) -> None:
         """Let librdkafka judge its settings before anything starts (raises KafkaException)."""
         Consumer(consumer_config(self.s)).close()
@@ -126,8 +125,7 @@ class Pipeline:
         self.last_batch.source = self.source
         self.source.pause_new = not self.active
         s = self.s
-        async with HttpClient(s.http_timeout_s, s.http_rate_limit, s.http_max_in_flight) as http:
-            self.http = http
+        async with self.http as http:
             self.delivery = Delivery(
                 s, http, self.builder, reporter, self.metrics, self.health,
                 on_pushback=self.limit.pushback, on_success=self.limit.success,
@@ -215,7 +213,6 @@ class Pipeline:
         self._fatal = exc
         self._stop.set()
 
-    # ------------------------------------------------------------------ dispatch
     def _deliver(self, batch: Batch, on_sent: Callable[[], None]) -> Coroutine[Any, Any, None]:
         assert self.delivery is not None
         return self.delivery.deliver(batch, on_sent=on_sent)
@@ -243,7 +240,6 @@ class Pipeline:
         for tp, offsets in batch.covers.items():
             self.tracker.resolve_many(tp, offsets)
 
-    # ------------------------------------------------------------------ offsets
     async def commit(self) -> None:
         if self.committer is not None:
             await self.committer.commit()
@@ -259,11 +255,9 @@ class Pipeline:
 
     def _set_rate(self, rate: float) -> None:
         self.pace.set_rate(rate)
-        if self.http is not None:
-            self.http.set_rate(rate)
+        self.http.set_rate(rate)
         self.metrics.rate_share.set(rate)
 
-    # ------------------------------------------------------------------ flow control
     async def _apply_backpressure(self) -> None:
         assert self.source is not None
         parked = self.flow.parked()  # records of bulk jobs in progress: not in memory
@@ -272,7 +266,6 @@ class Pipeline:
         paused = await self.pressure.apply(self.source, held, nbytes, self.active)
         self.metrics.paused_partitions.set(len(paused) if self.active else 0)
 
-    # ------------------------------------------------------------------ activation
     def set_active(self, active: bool) -> None:
         """Deactivated: consume nothing and send nothing, keep the group membership and
         the committed position; batches already in flight finish."""

@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -71,37 +69,8 @@ def cache_dir() -> Path:
 
 def fetch_jars() -> Path:
     """Download Kafka Connect's runtime once; later calls return the cached folder at once."""
-    libs = cache_dir() / "libs"
-    stamp = cache_dir() / ".complete"
-    if stamp.exists():
-        return libs
-    if shutil.which("mvn") is None:
-        raise RuntimeError("Maven (mvn) is needed once to fetch Kafka Connect's jars")
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "pom.xml").write_text(_POM.format(kafka=CONNECT_VERSION, log4j=LOG4J_VERSION))
-        staging = Path(tmp) / "libs"
-        cmd = [
-            "mvn",
-            "-q",
-            "-B",
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={staging}",
-            "-DincludeScope=runtime",
-        ]
-        done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"fetching Kafka Connect {CONNECT_VERSION} jars failed:\n{done.stdout}"
-            )
-        # The slf4j2 binding would fight the slf4j 1.x binding Connect needs.
-        for jar in staging.glob("log4j-slf4j2-impl-*.jar"):
-            jar.unlink()
-        if libs.exists():
-            shutil.rmtree(libs)
-        libs.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(staging, libs)
-    stamp.write_text(CONNECT_VERSION)
-    return libs
+    pom = _POM.format(kafka=CONNECT_VERSION, log4j=LOG4J_VERSION)
+    return kafka_local.maven_fetch(pom, cache_dir(), f"Kafka Connect {CONNECT_VERSION}")
 
 
 def plugin_dir() -> Path:

@@ -65,14 +65,21 @@ def cache_dir() -> Path:
 
 def fetch_jars() -> Path:
     """Download the broker's jars once; later calls return the cached folder at once."""
-    libs = cache_dir() / "libs"
-    stamp = cache_dir() / ".complete"
+    pom = _POM.format(kafka=KAFKA_VERSION, log4j=LOG4J_VERSION)
+    return maven_fetch(pom, cache_dir(), f"Kafka {KAFKA_VERSION}")
+
+
+def maven_fetch(pom: str, dest: Path, what: str) -> Path:
+    """The runtime jars of ``pom``'s dependencies in ``dest``/libs, fetched once with
+    Maven (``what`` names them in errors); later calls return the folder at once."""
+    libs = dest / "libs"
+    stamp = dest / ".complete"
     if stamp.exists():
         return libs
     if shutil.which("mvn") is None:
-        raise RuntimeError("Maven (mvn) is needed once to fetch the Kafka broker's jars")
+        raise RuntimeError(f"Maven (mvn) is needed once to fetch the jars of {what}")
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "pom.xml").write_text(_POM.format(kafka=KAFKA_VERSION, log4j=LOG4J_VERSION))
+        (Path(tmp) / "pom.xml").write_text(pom)
         staging = Path(tmp) / "libs"
         cmd = [
             "mvn",
@@ -84,7 +91,7 @@ def fetch_jars() -> Path:
         ]
         done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"fetching Kafka {KAFKA_VERSION} jars failed:\n{done.stdout}")
+            raise RuntimeError(f"fetching the jars of {what} failed:\n{done.stdout}")
         # The slf4j2 binding would fight the slf4j 1.x binding Kafka needs.
         for jar in staging.glob("log4j-slf4j2-impl-*.jar"):
             jar.unlink()
@@ -92,7 +99,7 @@ def fetch_jars() -> Path:
             shutil.rmtree(libs)
         libs.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(staging, libs)
-    stamp.write_text(KAFKA_VERSION)
+    stamp.write_text(what)
     return libs
 
 

@@ -29,6 +29,8 @@ from sink.retry import PUSHBACK, Backoff, Verdict, classify, parse_retry_after
 log = logging.getLogger(__name__)
 
 PENDING_JOB_STATES = frozenset({"QUEUED", "IN_PROGRESS", "PENDING", "RUNNING"})
+# Job outcomes that are final for the records, with their dead-letter reason.
+FINAL_JOB_REASONS = {"REDIRECTED": "redirected", "VALIDATION_ERROR": "job-validation-error"}
 VALIDATION_STATES = frozenset({"VALIDATION_ERROR", "VALIDATION_FAILED"})
 # The states a job can end in here; any other the API names is counted as OTHER (a metric
 # label per string an API makes up would grow without bound).
@@ -256,24 +258,13 @@ class Delivery:
                         await self._publish_job(batch, job, job_id, calls, "delivered")
                         return self._delivered(batch)
                     await self._unpark(batch)  # to dead-letter them, or submit them again
-                    if job.state == "REDIRECTED":
+                    final = FINAL_JOB_REASONS.get(job.state)
+                    if final is not None:  # the job's answer is final for these records
                         on_sent()
                         await self._publish_job(batch, job, job_id, calls, "dead-lettered")
                         await self.reporter.dead_letter(
                             batch.records,
-                            reason="redirected",
-                            batch_id=batch.id,
-                            status=job.result.status,
-                            error=job.errors,
-                            attempts=calls,
-                        )
-                        return
-                    if job.state == "VALIDATION_ERROR":
-                        on_sent()
-                        await self._publish_job(batch, job, job_id, calls, "dead-lettered")
-                        await self.reporter.dead_letter(
-                            batch.records,
-                            reason="job-validation-error",
+                            reason=final,
                             batch_id=batch.id,
                             status=job.result.status,
                             error=job.errors,

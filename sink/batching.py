@@ -125,6 +125,9 @@ class Batcher:
         self._open: dict[_Slot, _Open] = {}  # insertion order = age order
         self.buffered_records = 0
         self.buffered_bytes = 0
+        # Records in open batches per partition: a partition holding a full call's worth
+        # over its lanes is cut without waiting for the linger (see due()).
+        self._tp_records: dict[tuple[str, int], int] = {}
 
     @classmethod
     def for_settings(cls, s: Settings) -> Batcher:
@@ -188,6 +191,8 @@ class Batcher:
             current.ids.add(rid)
         self.buffered_records += 1
         self.buffered_bytes += size
+        tp = lane[:2]
+        self._tp_records[tp] = self._tp_records.get(tp, 0) + 1
         if batch.count >= self.max_records:
             closed += self._close_in_order(slot)
         return closed
@@ -316,6 +321,8 @@ class Batcher:
             add(batch, start, end, added)
             self.buffered_records += end - start
             self.buffered_bytes += added
+            tp = lane[:2]
+            self._tp_records[tp] = self._tp_records.get(tp, 0) + end - start
             start = end
             # Full, or the next record does not fit (bytes or a repeated id).
             if batch.count >= self.max_records or start < n:
@@ -345,9 +352,13 @@ class Batcher:
         their lanes while it is sent)."""
         now = self.clock()
         picked: list[_Slot] = []
+        full = set() if flushing else self._full_tps()
         for slot, opened in self._open.items():  # oldest first
             if now - opened.batch.opened_at < self.linger_s and not flushing:
-                break
+                if not full:
+                    break
+                if slot[0][:2] not in full:
+                    continue  # young, in a partition that does not fill a call yet
             if may_send is None or may_send(slot[0]):
                 picked.append(slot)
         calls: list[Batch] = []
@@ -361,7 +372,11 @@ class Batcher:
                 ids.update(opened.ids)
                 batch.absorb(self._close(slot))
                 batch.id = _name(batch)
-            elif limit is None or len(calls) < limit:
+            elif (limit is None or len(calls) < limit) and (
+                flushing
+                or now - opened.batch.opened_at >= self.linger_s
+                or self._tp_records[tp] >= self.max_records  # young: only for a full call
+            ):
                 ids = set(opened.ids)
                 batch = self._close(slot)
                 calls.append(batch)
@@ -405,6 +420,7 @@ class Batcher:
         opened.ids.difference_update(taken)
         self.buffered_records -= count
         self.buffered_bytes -= head.nbytes
+        self._tp_records[slot[0][:2]] -= count
         return head
 
     def _fits(self, batch: Batch, opened: _Open, ids: set[Any]) -> bool:
@@ -428,6 +444,8 @@ class Batcher:
             dropped += batch.count
             self.buffered_records -= batch.count
             self.buffered_bytes -= batch.nbytes
+        for tp in partitions:
+            self._tp_records.pop(tp, None)
         return dropped
 
     def next_deadline(self) -> float | None:
@@ -442,9 +460,21 @@ class Batcher:
         return None
 
     def lingering(self) -> bool:
-        """Whether the oldest open batch has lingered (it may be waiting for its lane)."""
+        """Whether an open batch may be cut now, its lane permitting: the oldest has
+        lingered, or a partition holds a full call's worth (see due())."""
         first = next(iter(self._open.values()), None)
-        return first is not None and self.clock() - first.batch.opened_at >= self.linger_s
+        if first is None:
+            return False
+        return self.clock() - first.batch.opened_at >= self.linger_s or bool(self._full_tps())
+
+    def _full_tps(self) -> set[tuple[str, int]]:
+        """Partitions whose open batches together fill a call: under load their keys are
+        spread over many lanes, none of them full, and waiting for the linger would leave
+        calls unsent while records wait (measured in bench/README.md)."""
+        if self.group_of is not None or self.lanes == 1:
+            return set()  # one batch per lane and group: it closes itself when full
+        most = self.max_records
+        return {tp for tp, n in self._tp_records.items() if n >= most}
 
     @property
     def open_batches(self) -> int:
@@ -475,6 +505,7 @@ class Batcher:
         batch.id = _name(batch)
         self.buffered_records -= batch.count
         self.buffered_bytes -= batch.nbytes
+        self._tp_records[slot[0][:2]] -= batch.count
         return batch
 
 

@@ -257,3 +257,21 @@ def test_a_lane_split_for_a_merged_call_keeps_filling() -> None:
     offsets = [r.offset for x in later for r in x.records]
     assert offsets == sorted(offsets) and len(offsets) == 30 - 10
     assert all(x.covered() == {("t", 0): [r.offset for r in x.records]} for x in later)
+
+
+def test_a_partition_holding_a_full_call_over_many_lanes_is_cut_before_its_linger() -> None:
+    """Under load 200 keys spread over many lanes fill none of them: a partition whose
+    lanes hold a call's worth goes now, full; a thinner one waits for the linger."""
+    b = Batcher(max_records=100, max_bytes=1_000_000, linger_s=60.0, group_of=None, lanes=64)
+    spec = [(i, f"key{i % 200}") for i in range(250)]
+    closed, _ = b.add_messages(msgs(spec), list(range(250)))
+    assert closed == []  # no lane is full
+    calls = b.due(limit=4)
+    assert [c.count for c in calls] == [100, 100]  # the 50 left wait: not a full call
+    assert b.buffered_records == 50
+    for call in calls:
+        assert [r.offset for r in call.records] == sorted(r.offset for r in call.records)
+    assert b.due(limit=4) == []
+    # With the limit one call at a time; another partition's thin traffic waits.
+    b.add_messages(msgs([(i, "other") for i in range(10)], partition=1), list(range(10)))
+    assert b.due(limit=4) == []

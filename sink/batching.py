@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate, groupby, repeat
 from operator import attrgetter
 from typing import Any
@@ -109,6 +109,7 @@ class Batcher:
         group_of: GroupOf | None,
         id_field: str | None = "id",
         lanes: int = 1,
+        order_by: str = "key",
         keys_span_groups: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -119,6 +120,8 @@ class Batcher:
         self.id_field = id_field
         self.clock = clock
         self.lanes = lanes
+        # "id": a record's lane follows its id, not its message key (SINK_ORDER_BY).
+        self.by_id = order_by == "id" and lanes > 1
         # Attribute grouping puts one key's records in several groups of a lane: a batch
         # closing there closes the lane's older batches first, which hold earlier records.
         self.keys_span_groups = keys_span_groups
@@ -138,6 +141,7 @@ class Batcher:
             group_of=grouping_function(s.batch_grouping, s.batch_group_attribute),
             id_field=s.clari_id_field,
             lanes=s.lanes_per_partition,
+            order_by=s.order_by,
             keys_span_groups=s.batch_grouping == "attribute",
         )
 
@@ -159,6 +163,11 @@ class Batcher:
             return (topic, partition, (offset // self.max_records) % self.lanes)
         return (topic, partition, crc32(key) % self.lanes)
 
+    def _order_keys(self, rids: Iterable[Any]) -> list[bytes | None]:
+        """What a lane is chosen by under SINK_ORDER_BY=id: the id as text, so that 7 and
+        "7" (one record to Clari) share a lane."""
+        return [None if rid is None else str(rid).encode() for rid in rids]
+
     def add(self, record: SinkRecord, data: dict[str, Any]) -> Sequence[Batch]:
         """Add a shaped record (``data`` is its decoded form); return the batches this
         closed (usually none)."""
@@ -173,7 +182,8 @@ class Batcher:
             raise RecordError(
                 "record-too-large", f"{size} bytes encoded, over BATCH_MAX_BYTES={self.max_bytes}"
             )
-        lane = self.lane_of(record.topic, record.partition, record.key, record.offset)
+        key = self._order_keys([rid])[0] if self.by_id else record.key
+        lane = self.lane_of(record.topic, record.partition, key, record.offset)
         slot = (lane, group)
         closed: list[Batch] = []
         current = self._open.get(slot)
@@ -229,7 +239,10 @@ class Batcher:
                 except RecordError as exc:
                     refused.append((record, exc))
             return closed, refused
-        lanes = list(map(self.lane_of, *_record_fields(records)))
+        topics, partitions, keys, offs = _record_fields(records)
+        if self.by_id:
+            keys = iter(self._order_keys(rids))
+        lanes = list(map(self.lane_of, topics, partitions, keys, offs))
         for lane, picked in _split(lanes):
             part = [records[i] for i in picked] if isinstance(picked, list) else records[picked]
 
@@ -261,8 +274,16 @@ class Batcher:
                 )
                 start = run.stop
             return closed, []
-        fields = (map(f, msgs) for f in (_MSG_TOPIC, _MSG_PARTITION, _MSG_KEY, _MSG_OFFSET))
-        lanes: list[Lane] = list(map(self.lane_of, *fields))
+        keys = self._order_keys(rids) if self.by_id else map(_MSG_KEY, msgs)
+        lanes: list[Lane] = list(
+            map(
+                self.lane_of,  # type: ignore[arg-type]  # consumed messages have all four
+                map(_MSG_TOPIC, msgs),
+                map(_MSG_PARTITION, msgs),
+                keys,
+                map(_MSG_OFFSET, msgs),
+            )
+        )
         for lane, picked in _split(lanes):
             part = _pick(msgs, picked)
             closed += self._fill_messages(

@@ -237,6 +237,11 @@ class Settings(BaseSettings):
     # 1 for Ingest Bulk Entities (each call is a job of up to 10 MB), else
     # 4 x HTTP_MAX_IN_FLIGHT (so that few active keys share a lane), at most 256.
     key_lanes: int | None = Field(None, ge=1, le=4_096, alias="SINK_KEY_LANES")
+    # What keeps its order: key (records of a message key reach the API in offset
+    # order) or id (records of a record id, CLARI_ID_FIELD: what Clari's state depends on,
+    # for topics whose key is coarser than the record, such as activities keyed by
+    # account, where one hot key would otherwise have one call in flight).
+    order_by: Literal["key", "id"] = Field("key", alias="SINK_ORDER_BY")
     # 0: retry transient failures until they clear; an outage must not empty a topic into
     # the dead-letter topic. A limit trades that for never blocking on one batch.
     retry_max_attempts: int = Field(0, ge=0, alias="RETRY_MAX_ATTEMPTS")
@@ -347,6 +352,7 @@ class Settings(BaseSettings):
         "kafka_assignment_strategy",
         "log_format",
         "http_rate_sharing",
+        "order_by",
         mode="before",
     )
     @classmethod
@@ -549,6 +555,8 @@ class Settings(BaseSettings):
                         f"'{topic}' is also in KAFKA_TOPICS: the sink would consume "
                         "what it writes, without end",
                     )
+        if ok("order_by", "clari_id_field") and self.order_by == "id" and not self.clari_id_field:
+            add("SINK_ORDER_BY", "id needs CLARI_ID_FIELD (the field that holds a record's id)")
         if ok("kafka_topics") and _REQUIRE_TOPICS.get() and not self.kafka_topics:
             add("KAFKA_TOPICS", "required (comma-separated topic names)")
         problems += self._transport_problems(ok)

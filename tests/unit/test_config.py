@@ -226,3 +226,10 @@ def test_the_readmes_example_of_the_error_output_is_what_the_cli_prints() -> Non
     done = cli(env, "run")
     assert done.returncode == 2
     assert done.stderr == example
+
+
+def test_order_by_id_needs_an_id_field() -> None:
+    assert Settings(**BASE, SINK_ORDER_BY="ID").order_by == "id"
+    problems = errors(SINK_ORDER_BY="id", CLARI_ID_FIELD="")
+    assert any("SINK_ORDER_BY" in p and "CLARI_ID_FIELD" in p for p in problems), problems
+    assert any("SINK_ORDER_BY" in p and "key" in p for p in errors(SINK_ORDER_BY="account"))

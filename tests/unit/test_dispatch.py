@@ -275,3 +275,25 @@ def test_a_partition_holding_a_full_call_over_many_lanes_is_cut_before_its_linge
     # With the limit one call at a time; another partition's thin traffic waits.
     b.add_messages(msgs([(i, "other") for i in range(10)], partition=1), list(range(10)))
     assert b.due(limit=4) == []
+
+
+def test_order_by_id_spreads_one_hot_key_over_lanes_and_keeps_each_id_in_one() -> None:
+    """SINK_ORDER_BY=id: a key's records with different ids go to different lanes (a hot
+    key is no longer one call at a time); one id, as number or text, keeps one lane."""
+    b = Batcher(max_records=100, max_bytes=1_000_000, linger_s=60.0, group_of=None, lanes=16,
+                order_by="id")  # fmt: skip
+    spec = [(i, "hot") for i in range(64)]
+    rids: list[object] = [f"ACC{i % 32}" for i in range(64)]
+    b.add_messages(msgs(spec), rids)
+    calls = b.flush()
+    lanes_of_id: dict[object, set[object]] = {}
+    for call in calls:
+        for r in call.records:
+            lanes_of_id.setdefault(r.rid, set()).add(call.lane)
+    assert len({call.lane for call in calls}) > 8  # one key, many lanes
+    assert all(len(lanes) == 1 for lanes in lanes_of_id.values())
+    assert b.lane_of("t", 0, b._order_keys([7])[0], 0) == b.lane_of("t", 0, b"7", 0)
+    by_key = Batcher(max_records=100, max_bytes=1_000_000, linger_s=60.0, group_of=None,
+                     lanes=16)  # fmt: skip
+    by_key.add_messages(msgs(spec), rids)
+    assert len({call.lane for call in by_key.flush()}) == 1

@@ -162,11 +162,11 @@ class Pipeline:
                 msgs = await with_schemas(self.registry, self.source, msgs, self.health, self._stop)
             if msgs:
                 self.flow.flushing = False  # more came: batches fill again
+            await self.rebalance.refresh_share()  # before a call of a new assignment
             self.intake.handle(msgs)
             if self._fatal is not None:
                 return
             self.flow.pump()
-            await self.rebalance.refresh_share()
             await self._apply_backpressure()
             now = time.monotonic()
             if now >= next_commit:

@@ -99,6 +99,38 @@ class _Open:
         self.ids: set[Any] = set()
 
 
+class _Call:
+    """A call being made of one partition's batches: the first, and those it takes."""
+
+    __slots__ = ("batch", "count", "ids", "nbytes", "parts")
+
+    def __init__(self, batch: Batch, ids: set[Any]) -> None:
+        self.batch = batch
+        self.ids = set(ids)
+        self.count = batch.count
+        self.nbytes = batch.nbytes
+        self.parts: list[Batch] = []
+
+    def fits(self, opened: _Open, max_records: int, max_bytes: int) -> bool:
+        more = opened.batch
+        return (
+            self.count + more.count <= max_records
+            and self.nbytes + more.nbytes <= max_bytes
+            and self.ids.isdisjoint(opened.ids)
+        )
+
+    def take(self, part: Batch, ids: Iterable[Any]) -> None:
+        self.parts.append(part)
+        self.ids.update(ids)
+        self.count += part.count
+        self.nbytes += part.nbytes
+
+    def finish(self) -> None:
+        if self.parts:
+            self.batch.absorb(self.parts)
+            self.batch.id = _name(self.batch)
+
+
 class Batcher:
     def __init__(
         self,
@@ -131,6 +163,9 @@ class Batcher:
         # Records in open batches per partition: a partition holding a full call's worth
         # over its lanes is cut without waiting for the linger (see due()).
         self._tp_records: dict[tuple[str, int], int] = {}
+        # The open batches again, per partition (age order): due() fills a partition's
+        # call from its own batches without walking every lane of every partition.
+        self._by_tp: dict[tuple[str, int], dict[_Slot, _Open]] = {}
 
     @classmethod
     def for_settings(cls, s: Settings) -> Batcher:
@@ -367,90 +402,77 @@ class Batcher:
     ) -> list[Batch]:
         """Batches that have lingered ``linger_s`` (all of them when ``flushing``), oldest
         first, of lanes that ``may_send`` now (every lane if None); at most ``limit``
-        calls. With arrival-order
-        batching, lingered batches of one partition are merged while they fit: thin
-        traffic spread over many lanes still makes full calls (the merged call holds all
-        their lanes while it is sent)."""
-        now = self.clock()
-        picked: list[_Slot] = []
-        full = set() if flushing else self._full_tps()
-        for slot, opened in self._open.items():  # oldest first
-            if now - opened.batch.opened_at < self.linger_s and not flushing:
-                if not full:
-                    break
-                if slot[0][:2] not in full:
-                    continue  # young, in a partition that does not fill a call yet
-            if may_send is None or may_send(slot[0]):
-                picked.append(slot)
-        calls: list[Batch] = []
-        into: dict[tuple[str, int], tuple[Batch, set[Any]]] = {}
-        for slot in picked:
-            opened = self._open[slot]
-            tp = slot[0][:2]
-            call = into.get(tp) if self.group_of is None else None
-            if call is not None and self._fits(call[0], opened, call[1]):
-                batch, ids = call
-                ids.update(opened.ids)
-                batch.absorb(self._close(slot))
-                batch.id = _name(batch)
-            elif (limit is None or len(calls) < limit) and (
-                flushing
-                or now - opened.batch.opened_at >= self.linger_s
-                or self._tp_records[tp] >= self.max_records  # young: only for a full call
-            ):
-                ids = set(opened.ids)
-                batch = self._close(slot)
-                calls.append(batch)
-                into[tp] = (batch, ids)
-        if into and self.group_of is None:
-            # Fill the calls up with their partitions' younger batches of idle lanes
-            # (their linger would end a few milliseconds later each, one small call
-            # apiece), and with the head of the first one that does not fit whole: the
-            # merged call holds its lane, so the rest of it follows in order.
-            for slot in list(self._open):
-                call = into.get(slot[0][:2])
-                if call is None or not (may_send is None or may_send(slot[0])):
-                    continue
-                batch, ids = call
-                opened = self._open[slot]
-                if self._fits(batch, opened, ids):
-                    ids.update(opened.ids)
-                    batch.absorb(self._close(slot))
-                elif (head := self._head(slot, batch, ids)) is not None:
-                    batch.absorb(head)
-                    del into[slot[0][:2]]  # full, or nothing more fits
-                batch.id = _name(batch)
-        return calls
+        calls. A partition whose open batches together fill a call is cut at once.
 
-    def _head(self, slot: _Slot, call: Batch, ids: set[Any]) -> Batch | None:
+        With arrival-order batching, the batches of one partition are merged while they
+        fit: thin traffic, or keys spread over many lanes, still make full calls (the
+        merged call holds all its lanes while it is sent)."""
+        now, linger = self.clock(), self.linger_s
+        full = set() if flushing else self._full_tps()
+        merging = self.group_of is None
+        calls: list[_Call] = []
+        into: dict[tuple[str, int], _Call] = {}  # per partition, the call still filling
+        for slot, opened in list(self._open.items()):  # oldest first
+            young = not flushing and now - opened.batch.opened_at < linger
+            if young and not full:
+                break
+            tp = slot[0][:2]
+            if (young and tp not in full) or not (may_send is None or may_send(slot[0])):
+                continue
+            call = into.get(tp) if merging else None
+            if call is not None and call.fits(opened, self.max_records, self.max_bytes):
+                call.take(self._close(slot), opened.ids)
+            elif limit is not None and len(calls) >= limit:
+                break  # the calls are made: only their partitions may still fill them
+            elif not young or self._tp_records[tp] >= self.max_records:
+                call = _Call(self._close(slot), opened.ids)
+                calls.append(call)
+                into[tp] = call
+        if merging:
+            for tp, call in into.items():
+                self._fill_call(tp, call, may_send)
+        for call in calls:
+            call.finish()
+        return [call.batch for call in calls]
+
+    def _fill_call(
+        self, tp: tuple[str, int], call: _Call, may_send: Callable[[Lane], bool] | None
+    ) -> None:
+        """Fill ``call`` up with its partition's younger batches of idle lanes (their
+        linger would end a few milliseconds later each, one small call apiece), and with
+        the head of the first one that does not fit whole: the merged call holds its
+        lane, so the rest of it follows in order."""
+        for slot, opened in list(self._by_tp.get(tp, {}).items()):
+            if not (may_send is None or may_send(slot[0])):
+                continue
+            if call.fits(opened, self.max_records, self.max_bytes):
+                call.take(self._close(slot), opened.ids)
+                continue
+            if (head := self._head(slot, call)) is not None:
+                call.take(head, ())
+            return  # full, or nothing more fits
+
+    def _head(self, slot: _Slot, call: _Call) -> Batch | None:
         """The first records of ``slot``'s batch that fit in ``call`` (count, bytes, and
         no id ``call`` holds), taken from it; None if not even one fits."""
         opened = self._open[slot]
         batch = opened.batch
         room = self.max_records - call.count
-        sizes = list(map(len, batch.bodies()[:room]))
+        sizes = list(map(len, batch.bodies(room)))
         total = list(accumulate(sizes, initial=call.nbytes))
         count = bisect_right(total, self.max_bytes) - 1
         rids = batch.head_ids(count)
-        count = _first_repeat(rids, ids)
+        count = _first_repeat(rids, call.ids)
         if count == 0:
             return None
         head = batch.split(count)
         taken = {r for r in rids[:count] if r is not None}
-        ids.update(taken)
+        call.ids.update(taken)
         opened.ids.difference_update(taken)
         self.buffered_records -= count
         self.buffered_bytes -= head.nbytes
         self._tp_records[slot[0][:2]] -= count
         return head
-
-    def _fits(self, batch: Batch, opened: _Open, ids: set[Any]) -> bool:
-        more = opened.batch
-        return (
-            batch.count + more.count <= self.max_records
-            and batch.nbytes + more.nbytes <= self.max_bytes
-            and ids.isdisjoint(opened.ids)
-        )
 
     def flush(self, keep: Callable[[Batch], bool] | None = None) -> list[Batch]:
         """Close every open batch (or those ``keep`` selects) regardless of linger."""
@@ -461,12 +483,14 @@ class Batcher:
         """Forget buffered records of revoked partitions: their new owner consumes them again."""
         dropped = 0
         for slot in [s for s in self._open if s[0][:2] in partitions]:
+            del self._by_tp[slot[0][:2]][slot]
             batch = self._open.pop(slot).batch
             dropped += batch.count
             self.buffered_records -= batch.count
             self.buffered_bytes -= batch.nbytes
         for tp in partitions:
             self._tp_records.pop(tp, None)
+            self._by_tp.pop(tp, None)
         return dropped
 
     def next_deadline(self) -> float | None:
@@ -505,6 +529,7 @@ class Batcher:
         opened = _Open(Batch(id="", group=slot[1], opened_at=self.clock()))
         opened.batch.lanes = (slot[0],)
         self._open[slot] = opened
+        self._by_tp.setdefault(slot[0][:2], {})[slot] = opened
         return opened
 
     def _close_in_order(self, slot: _Slot) -> list[Batch]:
@@ -522,6 +547,7 @@ class Batcher:
 
     def _close(self, slot: _Slot) -> Batch:
         opened = self._open.pop(slot)
+        del self._by_tp[slot[0][:2]][slot]
         batch = opened.batch
         batch.id = _name(batch)
         self.buffered_records -= batch.count

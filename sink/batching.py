@@ -424,7 +424,7 @@ class Batcher:
                 call.take(self._close(slot), opened.ids)
             elif limit is not None and len(calls) >= limit:
                 break  # the calls are made: only their partitions may still fill them
-            elif not young or self._tp_records[tp] >= self.max_records:
+            elif not young or self._idle_records(tp, may_send) >= self.max_records:
                 call = _Call(self._close(slot), opened.ids)
                 calls.append(call)
                 into[tp] = call
@@ -434,6 +434,15 @@ class Batcher:
         for call in calls:
             call.finish()
         return [call.batch for call in calls]
+
+    def _idle_records(self, tp: tuple[str, int], may_send: Callable[[Lane], bool] | None) -> int:
+        """Records in ``tp``'s open batches of lanes that may send: a young call starts
+        only if they fill it (a hot key's busy lane holding most of the partition's
+        records must not make a stream of small calls from the rest)."""
+        opened = self._by_tp.get(tp, {})
+        if may_send is None:
+            return sum(o.batch.count for o in opened.values())
+        return sum(o.batch.count for slot, o in opened.items() if may_send(slot[0]))
 
     def _fill_call(
         self, tp: tuple[str, int], call: _Call, may_send: Callable[[Lane], bool] | None

@@ -297,3 +297,15 @@ def test_order_by_id_spreads_one_hot_key_over_lanes_and_keeps_each_id_in_one() -
                      lanes=16)  # fmt: skip
     by_key.add_messages(msgs(spec), rids)
     assert len({call.lane for call in by_key.flush()}) == 1
+
+
+def test_a_busy_lanes_records_do_not_make_small_calls_of_the_rest() -> None:
+    """A hot key's lane is busy holding 90 records; the other lanes' 20 records are not a
+    full call: they wait for their linger instead of going as a call of 20."""
+    b = Batcher(max_records=100, max_bytes=1_000_000, linger_s=60.0, group_of=None, lanes=64)
+    hot_lane = b.lane_of("t", 0, b"hot", 0)
+    spec = [(i, "hot") for i in range(90)] + [(90 + i, f"key{i}") for i in range(20)]
+    b.add_messages(msgs(spec), list(range(110)))
+    assert b.due(lambda lane: lane != hot_lane, limit=4) == []
+    (call,) = b.due(limit=4)  # the hot lane free again: one full call
+    assert call.count == 100

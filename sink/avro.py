@@ -169,6 +169,7 @@ class SchemaRegistry:
         try:
             async with session.get(self.url + path) as resp:
                 if resp.status == 404:
+                    await self._believe_not_found(session, path)
                     return None
                 if resp.status != 200:
                     text = (await resp.text())[:200]
@@ -176,6 +177,35 @@ class SchemaRegistry:
                 return await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RegistryUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+    async def _believe_not_found(self, session: aiohttp.ClientSession, path: str) -> None:
+        """Raise RegistryUnavailable if a "not found" for ``path`` may only mean that the
+        registry has not read its schemas yet.
+
+        Karapace serves requests while it is still reading its schemas topic after a start:
+        a schema written before then is "not found" for a few seconds, and believing that
+        would dead-letter good records. Its ``/_health`` says whether it has caught up
+        (``schema_registry_ready``). A registry without that page, or whose page says
+        nothing of it, is believed: Confluent's serves only once caught up."""
+        try:
+            async with session.get(self.url + "/_health") as resp:
+                if resp.status >= 500:  # Karapace's answer in its first moments: 500
+                    raise RegistryUnavailable(
+                        f"{path}: not found, and /_health answers {resp.status}"
+                    )
+                if resp.status != 200:
+                    return
+                health = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RegistryUnavailable(f"{path}: not found, then {type(exc).__name__}") from None
+        except ValueError:
+            return  # a /_health page that is not JSON says nothing about readiness
+        status = health.get("status") if isinstance(health, dict) else None
+        if isinstance(status, dict) and status.get("schema_registry_ready") is False:
+            raise RegistryUnavailable(
+                f"{path}: not found while the registry is still reading its schemas "
+                "(/_health: schema_registry_ready false)"
+            )
 
     async def fetch_until_done(
         self, ids: set[int], wait: Callable[[float], Any], on_error: Callable[[str], None]

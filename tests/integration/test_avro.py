@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from devkit.kafka_local import free_port
-from sink.avro import SchemaRegistry
+from sink.avro import RegistryUnavailable, SchemaRegistry
 from sink.decoding import RecordError
 from tests.real_registry import PASSWORD, USER, RealRegistry, RegistryError
 from tests.registry import Registry, avro_value
@@ -262,3 +262,28 @@ def test_a_reference_to_a_missing_subject_makes_its_records_unknown_schema(
     asyncio.run(reader.fetch({sid}))
     with pytest.raises(RecordError, match=r"crm\.Place, not found"):
         reader.decode(value)
+
+
+def test_a_schema_not_found_while_the_registry_is_not_ready_waits_instead_of_dead_letters(
+    fake_registry: Registry,
+) -> None:
+    # The hand-written registry, held in the moment after a start when Karapace serves
+    # before it has read its schemas topic (a real one passes through it in well under a
+    # second: test_registry_restart.py watches one come up).
+    registry = fake_registry
+    sid = register_account(registry)
+    value = accounts(sid, 1)[0][1]
+    reader = SchemaRegistry(registry.url, USER, PASSWORD)
+    registry.starting = True
+    with pytest.raises(RegistryUnavailable, match="still reading its schemas"):
+        asyncio.run(reader.fetch({sid}))
+    assert sid not in reader.schemas  # nothing cached: asked again on the next try
+    registry.starting = False
+    asyncio.run(reader.fetch({sid}))
+    assert reader.decode(value)["id"] == "ACC000000"
+    # A registry without a /_health page (Confluent's serves only once caught up): its
+    # "not found" is believed, and the records of that id are dead letters.
+    registry.health_page = False
+    asyncio.run(reader.fetch({999}))
+    with pytest.raises(RecordError, match="999 is not in the registry"):
+        reader.decode(value[:1] + (999).to_bytes(4, "big") + value[5:])

@@ -185,8 +185,8 @@ class SchemaRegistry:
         Karapace serves requests while it is still reading its schemas topic after a start:
         a schema written before then is "not found" for a few seconds, and believing that
         would dead-letter good records. Its ``/_health`` says whether it has caught up
-        (``schema_registry_ready``). A registry without that page, or whose page says
-        nothing of it, is believed: Confluent's serves only once caught up."""
+        (``schema_registry_ready``; a 5xx in its first moments). A registry without that
+        page, or whose page says nothing of it, is believed."""
         try:
             async with session.get(self.url + "/_health") as resp:
                 if resp.status >= 500:  # Karapace's answer in its first moments: 500

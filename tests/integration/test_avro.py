@@ -281,8 +281,8 @@ def test_a_schema_not_found_while_the_registry_is_not_ready_waits_instead_of_dea
     registry.starting = False
     asyncio.run(reader.fetch({sid}))
     assert reader.decode(value)["id"] == "ACC000000"
-    # A registry without a /_health page: its
-    # "not found" is believed, and the records of that id are dead letters.
+    # A registry without a /_health page: its "not found" is believed, and the records of
+    # that id are dead letters.
     registry.health_page = False
     asyncio.run(reader.fetch({999}))
     with pytest.raises(RecordError, match="999 is not in the registry"):

@@ -23,6 +23,7 @@ from tests.real_registry import PASSWORD, USER, RealRegistry, RegistryError
 from tests.support import (
     Emulator,
     SinkProcess,
+    committed,
     create_topic,
     produce,
     sink_env,
@@ -74,6 +75,7 @@ def test_a_registry_restart_while_the_sink_runs_holds_records_then_delivers_all_
         time.sleep(1.5)
         assert len(emulator.records()) == 40  # held: nothing sent, nothing dead-lettered
         assert "dead-lettered" not in sink.output()
+        assert committed(kafka, env["KAFKA_GROUP_ID"], topic) == {0: 20, 1: 20}
 
         registry.start()  # same port and topic: the schemas come back from Kafka
         wait_until(lambda: len(emulator.records()) == 80, 60, what="the records held")

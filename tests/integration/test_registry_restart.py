@@ -8,6 +8,7 @@ import asyncio
 import json
 import signal
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any

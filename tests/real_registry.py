@@ -88,14 +88,11 @@ class RealRegistry:
         return done.stdout.strip()
 
     def install(self) -> None:
-        """Install once into the shared tools home; link this session's home to it."""
-        shared = {k: v for k, v in os.environ.items() if k != "CLARI_TOOLS_HOME"}
-        if "CLARI_TOOLS_HOME" in os.environ:
-            shared["CLARI_TOOLS_HOME"] = os.environ["CLARI_TOOLS_HOME"]
+        """Install once into the user's tools home (``$CLARI_TOOLS_HOME`` or its default;
+        a no-op after the first time); link this session's home to that install."""
         for args in (["install"], ["where"]):
             done = subprocess.run(
                 [str(self.tool), *args],
-                env=shared,
                 capture_output=True,
                 text=True,
                 timeout=INSTALL_TIMEOUT_S,

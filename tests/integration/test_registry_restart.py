@@ -62,6 +62,7 @@ def test_a_registry_restart_while_the_sink_runs_holds_records_then_delivers_all_
     sink = SinkProcess(env, log_dir=logs).start()
     try:
         wait_until(lambda: len(emulator.records()) == 40, 60, what="the first 40 records")
+        wait_all_committed(kafka, env, topic)
         # A producer moves to v2 while the registry is up (its serializer registers v2 and
         # keeps the id), then the registry goes down and the v2 records arrive.
         v2 = serializer(registry, ACCOUNT_V2, topic_subject_name_strategy)
@@ -111,7 +112,7 @@ def test_schemas_survive_a_restart_and_health_answers_before_the_registry_is_rea
                 seen.append(exc.status)  # Karapace's first answers: 500
             except OSError:
                 pass  # not listening yet
-            time.sleep(0.02)
+            time.sleep(0.005)  # Karapace's not-ready moment lasts a few hundred ms
     finally:
         _, err = starting.communicate(timeout=60)
     assert starting.returncode == 0, err

@@ -19,7 +19,6 @@ import base64
 import json
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -131,15 +130,6 @@ class RealRegistry:
     def stop(self) -> None:
         self._run("down")
         self.running = False
-
-    def restart(self, down_seconds: float = 0.0) -> None:
-        self.stop()
-        time.sleep(down_seconds)
-        self.start()
-
-    def log(self) -> str:
-        path = self.home / "registry" / "run" / "registry.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     # -- the Confluent REST API, as a producer or an operator uses it ----------------------
     def request(

@@ -675,7 +675,7 @@ class Settings(BaseSettings):
                     )
                 )
             elif not Path(path).is_file():
-                problems.append(Problem(_alias(field), "no such file (a PEM file)", path))
+                problems.append(Problem(_alias(field), "no such file (a PEM file)", repr(path)))
         url = self.kafka_sasl_oauthbearer_token_endpoint_url
         if url is not None and ok("kafka_sasl_oauthbearer_token_endpoint_url"):
             why = url_problem(url, "KAFKA_ALLOW_INSECURE_SASL", self.kafka_allow_insecure_sasl)
@@ -1031,7 +1031,7 @@ def _kafka_properties(
         and not (_SERVICE_PORT.fullmatch(p.variable) and "://" in p.value)
     ]
     problems = [
-        Problem(p.variable, why, None if p.secret else p.value)
+        Problem(p.variable, why, None if p.secret else repr(p.value))
         for p in props
         if (why := kafka_config.refusal(p))
     ]

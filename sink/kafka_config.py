@@ -303,7 +303,7 @@ def offline_problems(settings: Settings) -> list[Problem]:
             why = judge(kind, {**base, prop.name: prop.value})
             if why and prop.variable not in seen:
                 seen.add(prop.variable)
-                shown = None if prop.secret else prop.value
+                shown = None if prop.secret else repr(prop.value)
                 problems.append(Problem(prop.variable, masker.text(why), shown))
     if problems:
         return problems

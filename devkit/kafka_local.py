@@ -11,13 +11,16 @@ Command line::
     python -m devkit.kafka_local fetch                              # only download the jars
     python -m devkit.kafka_local start --secure ...  # also SSL, mTLS and SASL_SSL listeners
 
-``--secure`` (``start(..., secure=True)``) adds three listeners next to the plain one,
+``--secure`` (``start(..., secure=True)``) adds four listeners next to the plain one,
 with certificates made at start by openssl (a CA, the broker's certificate for
 127.0.0.1/localhost, a client certificate whose key is encrypted, and a second CA that
 signed nothing the broker trusts): SSL (the broker's certificate only), MTLS (a client
 certificate required) and SASL_SSL with SCRAM-SHA-512 users created by the broker's own
-storage tool (``format --add-scram``). The plain listener stays as it is, for the tools
-that seed and read topics.
+storage tool (``format --add-scram``), and OAUTH: SASL_SSL with OAUTHBEARER, where the
+broker takes any unsigned JWT naming a subject and an expiry (Kafka's unsecured
+validator: it checks no signature, so a test token endpoint needs no keys; what it tests
+is the client's side, getting the token). The plain listener stays as it is, for the
+tools that seed and read topics.
 """
 
 from __future__ import annotations
@@ -164,6 +167,7 @@ class SecureListeners:
     ssl_port: int
     mtls_port: int
     sasl_ssl_port: int
+    oauth_port: int
     certs: Certs
     users: dict[str, str] = field(default_factory=lambda: dict(SCRAM_USERS))
 
@@ -279,7 +283,7 @@ def _secure_props(secure: SecureListeners) -> dict[str, str]:
         "ssl.truststore.location": str(certs.ca),
     }
     props: dict[str, str] = {}
-    for listener in ("ssl", "mtls", "sasl_ssl"):
+    for listener in ("ssl", "mtls", "sasl_ssl", "oauth"):
         props.update({f"listener.name.{listener}.{k}": v for k, v in store.items()})
     scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
     props.update(
@@ -290,6 +294,12 @@ def _secure_props(secure: SecureListeners) -> dict[str, str]:
             "sasl.enabled.mechanisms": "SCRAM-SHA-512",
             "listener.name.sasl_ssl.sasl.enabled.mechanisms": "SCRAM-SHA-512",
             "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": scram,
+            "listener.name.oauth.ssl.client.auth": "none",
+            "listener.name.oauth.sasl.enabled.mechanisms": "OAUTHBEARER",
+            # No callback handler set: Kafka's unsecured validator (no signature check).
+            "listener.name.oauth.oauthbearer.sasl.jaas.config": (
+                "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;"
+            ),
         }
     )
     return props
@@ -302,9 +312,9 @@ def _write_config(state_dir: Path, port: int, secure: SecureListeners | None = N
     if secure is not None:
         listeners += (
             f",SSL://127.0.0.1:{secure.ssl_port},MTLS://127.0.0.1:{secure.mtls_port}"
-            f",SASL_SSL://127.0.0.1:{secure.sasl_ssl_port}"
+            f",SASL_SSL://127.0.0.1:{secure.sasl_ssl_port},OAUTH://127.0.0.1:{secure.oauth_port}"
         )
-        protocols += ",SSL:SSL,MTLS:SSL,SASL_SSL:SASL_SSL"
+        protocols += ",SSL:SSL,MTLS:SSL,SASL_SSL:SASL_SSL,OAUTH:SASL_SSL"
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -398,7 +408,7 @@ def start(state_dir: Path, port: int | None = None, secure: bool = False) -> Bro
     scram: list[str] = []
     if secure:
         certs = make_certs(state_dir / "certs")
-        listeners = SecureListeners(free_port(), free_port(), free_port(), certs)
+        listeners = SecureListeners(free_port(), free_port(), free_port(), free_port(), certs)
         for user, password in listeners.users.items():
             scram += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
     config = _write_config(state_dir, port, listeners)
@@ -442,6 +452,7 @@ def describe_secure(broker: Broker) -> str:
             f" KAFKA_SSL_KEY_LOCATION={c.client_key}"
             f" KAFKA_SSL_KEY_PASSWORD={CLIENT_KEY_PASSWORD}",
             f"SASL_SSL   {sec.address(sec.sasl_ssl_port)}  SCRAM-SHA-512 {user} / {password}",
+            f"OAUTH      {sec.address(sec.oauth_port)}  SASL_SSL OAUTHBEARER (unsigned JWTs)",
         ]
     )
 
@@ -451,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["start", "stop", "fetch"])
     parser.add_argument("--state-dir", type=Path, default=Path(".local/kafka"))
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--secure", action="store_true", help="add SSL, MTLS, SASL_SSL listeners")
+    parser.add_argument(
+        "--secure", action="store_true", help="add SSL, MTLS, SASL_SSL, OAUTH listeners"
+    )
     args = parser.parse_args(argv)
     if args.action == "fetch":
         print(fetch_jars())

@@ -1,7 +1,7 @@
-"""The sink over secured listeners of a real broker: SASL_SSL with SCRAM-SHA-512 and
-mTLS end to end (group consumer, response producer, replay consumer), and settings the
-broker or the TLS handshake refuses, which must stop the start at once, naming the
-setting, never hang."""
+"""The sink over secured listeners of a real broker: SASL_SSL with SCRAM-SHA-512, mTLS
+and OAUTHBEARER (OIDC client credentials) end to end (group consumer, response producer,
+replay consumer), and settings the broker, the TLS handshake or the token endpoint
+refuses, which must stop the start at once, naming the setting, never hang."""
 
 from __future__ import annotations
 
@@ -15,11 +15,16 @@ from confluent_kafka.admin import AdminClient
 from devkit.kafka_local import CLIENT_KEY_PASSWORD, Broker
 from devkit.sample_data import crm_record
 from tests.secure_broker import (
+    OIDC_CLIENT_SECRET,
+    OIDC_SCOPE,
+    TokenEndpoint,
     listeners,
     mtls_settings,
+    oauth_settings,
     scram_settings,
     secure_broker_fixture,  # noqa: F401 - the fixture secure_broker
     ssl_settings,
+    token_endpoint_fixture,  # noqa: F401 - the fixture token_endpoint
 )
 from tests.support import (
     Emulator,
@@ -111,32 +116,56 @@ def test_end_to_end_over_mtls_with_replay(
     assert CLIENT_KEY_PASSWORD not in out
 
 
+def test_end_to_end_over_oauthbearer_oidc(
+    secure_broker: Broker, emulator: Emulator, token_endpoint: TokenEndpoint, logs: Path
+) -> None:
+    """librdkafka gets its token from the OIDC endpoint with the client credentials and
+    the scope, and both clients work over the OAUTHBEARER listener with it."""
+    plain = secure_broker.bootstrap
+    sent = [crm_record("account", i) for i in range(100)]
+    topic = seeded_topic(plain, sent)
+    env = sink_env(plain, emulator, topic, **oauth_settings(secure_broker, token_endpoint))
+    out = SinkProcess(env, "--until-drained", log_dir=logs).run_to_end()
+    assert sorted(r["record"]["id"] for r in emulator.records()) == sorted(r["id"] for r in sent)
+    assert len(responses(plain, env)) >= 1
+    assert all_committed(plain, env, topic)
+    assert token_endpoint.requests  # one per client at least
+    assert all(r == {"grant_type": "client_credentials", "scope": OIDC_SCOPE}
+               for r in token_endpoint.requests)  # fmt: skip
+    assert OIDC_CLIENT_SECRET not in out
+
+
 REFUSALS = {
     # case: (settings, the variable named, words of the reason)
     "wrong SCRAM password": (
-        lambda b: scram_settings(b, password="not-the-password"),
+        lambda b, _: scram_settings(b, password="not-the-password"),
         "KAFKA_SASL_PASSWORD",
         "refused user 'clari-sink' with SCRAM-SHA-512",
     ),
     "broker certificate from an untrusted CA": (
-        lambda b: ssl_settings(b, ca=str(listeners(b).certs.other_ca)),
+        lambda b, _: ssl_settings(b, ca=str(listeners(b).certs.other_ca)),
         "KAFKA_SSL_CA_LOCATION",
         "the broker's certificate is not trusted",
     ),
     "no client certificate on the mTLS listener": (
-        lambda b: mtls_settings(b, client="none"),
+        lambda b, _: mtls_settings(b, client="none"),
         "KAFKA_SSL_CERTIFICATE_LOCATION",
         "requires a client certificate (mTLS) and none is set",
     ),
     "client certificate from an untrusted CA": (
-        lambda b: mtls_settings(b, client="rogue"),
+        lambda b, _: mtls_settings(b, client="rogue"),
         "KAFKA_SSL_CERTIFICATE_LOCATION",
         "refused the client certificate",
     ),
     "wrong client key password": (
-        lambda b: mtls_settings(b, key_password="not-the-key-password"),
+        lambda b, _: mtls_settings(b, key_password="not-the-key-password"),
         "KAFKA_SSL_KEY_PASSWORD",
         "does not open with this password",
+    ),
+    "OIDC client secret the token endpoint refuses": (
+        lambda b, endpoint: oauth_settings(b, endpoint, secret="not-the-oidc-secret"),
+        "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET",
+        "Failed to acquire SASL OAUTHBEARER token",
     ),
 }
 
@@ -146,11 +175,12 @@ def test_refused_settings_stop_the_start_naming_the_setting(
     case: str,
     secure_broker: Broker,
     emulator: Emulator,
+    token_endpoint: TokenEndpoint,
     logs: Path,
 ) -> None:
     make, variable, reason = REFUSALS[case]
     topic = seeded_topic(secure_broker.bootstrap, [crm_record("account", 1)])
-    env = sink_env(secure_broker.bootstrap, emulator, topic, **make(secure_broker))
+    env = sink_env(secure_broker.bootstrap, emulator, topic, **make(secure_broker, token_endpoint))
     sink = SinkProcess(env, log_dir=logs).start()
     started = time.monotonic()
     code = sink.wait(START_CHECK_BOUND_S)
@@ -160,7 +190,8 @@ def test_refused_settings_stop_the_start_naming_the_setting(
     assert "Kafka refuses these settings, not starting" in out
     line = next(x for x in out.splitlines() if x.startswith(f"  - {variable}:"))
     assert reason in line, out
-    for secret in ("not-the-password", "not-the-key-password", CLIENT_KEY_PASSWORD):
+    secrets = ("not-the-password", "not-the-key-password", "not-the-oidc-secret")
+    for secret in (*secrets, CLIENT_KEY_PASSWORD, OIDC_CLIENT_SECRET):
         assert secret not in out
     assert emulator.api_requests() == []  # nothing was sent
     print(f"{case}: exit 2 after {took:.1f}s")

@@ -288,11 +288,10 @@ def offline_problems(settings: Settings) -> list[Problem]:
 
     def judge(kind: type[Consumer] | type[Producer], conf: dict[str, Any]) -> str | None:
         try:
-            kind({**conf, "log_level": 0}).close() if kind is Consumer else kind(
-                {**conf, "log_level": 0}
-            )
+            client = kind({**conf, "log_level": 0})  # reads the certificate and key files
         except KafkaException as exc:
             return str(exc.args[0].str())
+        client.close() if isinstance(client, Consumer) else client.flush(0)
         return None
 
     # Each environment property alone first, so that every bad one is named at once.

@@ -150,13 +150,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             text = str(value).lower() if isinstance(value, bool) else str(value)
         print(f"{info.alias or name}={masker.text(text)}")
     print(f"# wire mode: {settings.wire_mode}; content format: {settings.content_format}")
-    from sink import kafka_config
+    from sink import kafka_check, kafka_config
 
     for name in sorted(p.variable for p in settings.kafka_properties):
         prop = next(p for p in settings.kafka_properties if p.variable == name)
         print(f"{name}={MASK if prop.secret else masker.text(prop.value)}")
     print("\n".join(kafka_config.describe(settings)))
-    problems = kafka_config.offline_problems(settings)  # librdkafka's word, no connection
+    problems = kafka_check.offline_problems(settings)  # librdkafka's word, no connection
     if problems:
         print("clari-sink: the Kafka client refuses these settings:", file=sys.stderr)
         for problem in problems:

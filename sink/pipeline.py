@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError
 
-from sink import kafka_config
+from sink import kafka_check, kafka_config
 from sink.avro import registry_for
 from sink.batching import Batcher
 from sink.committer import Committer
@@ -95,7 +95,7 @@ class Pipeline:
         return bool(self.pressure.full) or self.pressure.bytes_full
 
     def check_kafka_config(self) -> list[str]:  # librdkafka's and the broker's word on them
-        return kafka_config.check(self.s)  # raises SettingsError; returns warnings
+        return kafka_check.check(self.s)  # raises SettingsError; returns warnings
 
     def request_stop(self) -> None:
         log.info("stop requested: draining in-flight batches")

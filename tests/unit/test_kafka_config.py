@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sink import kafka_config
+from sink import kafka_check, kafka_config
 from sink.config import Settings, describe_errors
 
 BASE = {
@@ -207,7 +207,7 @@ def test_oauthbearer_uses_oidc_client_credentials() -> None:
     assert conf["sasl.oauthbearer.client.secret"] == OIDC_SECRET
     assert conf["sasl.oauthbearer.extensions"] == "logicalCluster=lkc-1,identityPoolId=p-1"
     assert "sasl.username" not in conf
-    assert kafka_config.offline_problems(s) == []  # librdkafka takes them
+    assert kafka_check.offline_problems(s) == []  # librdkafka takes them
 
 
 def test_an_oauthbearer_token_would_not_travel_unencrypted() -> None:
@@ -224,7 +224,7 @@ def test_an_oauthbearer_token_would_not_travel_unencrypted() -> None:
 
 def test_librdkafka_names_the_variable_of_a_property_it_refuses() -> None:
     s = settings(KAFKA_CONSUMER_FETCH_MAX_BYTEZ="1", KAFKA_PRODUCER_LINGER_MS="soon")
-    problems = [str(p) for p in kafka_config.offline_problems(s)]
+    problems = [str(p) for p in kafka_check.offline_problems(s)]
     assert problems[0].startswith("KAFKA_CONSUMER_FETCH_MAX_BYTEZ='1': No such configuration")
     assert problems[1].startswith("KAFKA_PRODUCER_LINGER_MS='soon': Invalid value")
 

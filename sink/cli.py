@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from sink import __version__
-from sink.config import Settings, describe_errors, load_settings, unknown_environment
+from sink.config import (
+    Settings,
+    SettingsError,
+    describe_errors,
+    load_settings,
+    unknown_environment,
+)
 from sink.logs import setup_logging
 from sink.masking import MASK
 
@@ -64,10 +70,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         pipeline = Pipeline(settings)
         runtime.tune_gc()  # after the imports: they are what it freezes
         try:
-            pipeline.check_kafka_config()
+            for line in await asyncio.to_thread(pipeline.check_kafka_config):
+                log.warning(line)
         except KafkaException as exc:
             print(f"clari-sink: the Kafka client refuses these settings, not starting:\n"
                   f"  - {exc.args[0].str()}", file=sys.stderr)  # fmt: skip
+            return EXIT_BAD_SETTINGS
+        except SettingsError as exc:  # a property librdkafka refuses, a refused login
+            print("clari-sink: Kafka refuses these settings, not starting:", file=sys.stderr)
+            for line in describe_errors(exc):
+                print(f"  - {line}", file=sys.stderr)
             return EXIT_BAD_SETTINGS
         runner = None
         if settings.admin_port:
@@ -140,6 +152,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"# wire mode: {settings.wire_mode}; content format: {settings.content_format}")
     if settings.clari_template != "manual":
         print(f"# isLastBatch: {settings.is_last_batch} ({settings.is_last_batch_reason})")
+    from sink import kafka_check, kafka_config
+
+    for name in sorted(p.variable for p in settings.kafka_properties):
+        prop = next(p for p in settings.kafka_properties if p.variable == name)
+        print(f"{name}={MASK if prop.secret else masker.text(prop.value)}")
+    print("\n".join(kafka_config.describe(settings)))
+    problems = kafka_check.offline_problems(settings)  # librdkafka's word, no connection
+    if problems:
+        print("clari-sink: the Kafka client refuses these settings:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
     return 0
 
 

@@ -9,6 +9,7 @@ back (see :func:`describe_errors`).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -26,8 +27,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from sink import kafka_config
 from sink.masking import (
     MIN_SEARCHED_LEN,
     SAFE_HEADERS,
@@ -134,6 +141,8 @@ SECRET_SETTINGS = (
     "clari_api_token",
     "clari_partner_key",
     "kafka_sasl_password",
+    "kafka_ssl_key_password",
+    "kafka_sasl_oauthbearer_client_secret",
     "schema_registry_password",
     "admin_token",
 )
@@ -154,12 +163,32 @@ class Settings(BaseSettings):
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", alias="KAFKA_SECURITY_PROTOCOL"
     )
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        None, alias="KAFKA_SASL_MECHANISM"
-    )
+    kafka_sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None
+    ) = Field(None, alias="KAFKA_SASL_MECHANISM")
     kafka_sasl_username: str | None = Field(None, alias="KAFKA_SASL_USERNAME")
     kafka_sasl_password: SecretStr | None = Field(None, alias="KAFKA_SASL_PASSWORD")
     kafka_ssl_ca_location: str | None = Field(None, alias="KAFKA_SSL_CA_LOCATION")
+    # mTLS: the client's certificate and key (PEM files), the key's password if encrypted.
+    kafka_ssl_certificate_location: str | None = Field(None, alias="KAFKA_SSL_CERTIFICATE_LOCATION")
+    kafka_ssl_key_location: str | None = Field(None, alias="KAFKA_SSL_KEY_LOCATION")
+    kafka_ssl_key_password: SecretStr | None = Field(None, alias="KAFKA_SSL_KEY_PASSWORD")
+    # OAUTHBEARER through OIDC client credentials (librdkafka's sasl.oauthbearer.method=oidc).
+    kafka_sasl_oauthbearer_client_id: str | None = Field(
+        None, alias="KAFKA_SASL_OAUTHBEARER_CLIENT_ID"
+    )
+    kafka_sasl_oauthbearer_client_secret: SecretStr | None = Field(
+        None, alias="KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET"
+    )
+    kafka_sasl_oauthbearer_token_endpoint_url: str | None = Field(
+        None, alias="KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL"
+    )
+    kafka_sasl_oauthbearer_scope: str | None = Field(None, alias="KAFKA_SASL_OAUTHBEARER_SCOPE")
+    kafka_sasl_oauthbearer_extensions: str | None = Field(
+        None, alias="KAFKA_SASL_OAUTHBEARER_EXTENSIONS"
+    )
+    # What the brokers' logs, quotas and ACL audit show for this sink's connections.
+    kafka_client_id: str = Field(kafka_config.CLIENT_ID, alias="KAFKA_CLIENT_ID")
     kafka_assignment_strategy: Literal["cooperative-sticky", "range", "roundrobin"] = Field(
         "cooperative-sticky", alias="KAFKA_ASSIGNMENT_STRATEGY"
     )
@@ -270,9 +299,32 @@ class Settings(BaseSettings):
 
     # Warnings about accepted values (a stripped newline), for the start-up log.
     _notes: list[str] = PrivateAttr(default_factory=list)
+    # librdkafka properties from KAFKA_CLIENT_*, KAFKA_CONSUMER_*, KAFKA_PRODUCER_*.
+    _kafka_properties: list[kafka_config.Passthrough] = PrivateAttr(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment's client properties are no fields: a source of their own hands
+        # them to _every_problem (a settings file's keys reach it as they are).
+        passthrough = _KafkaPropertiesSource(settings_cls)
+        return init_settings, env_settings, passthrough, dotenv_settings, file_secret_settings
+
+    @property
+    def kafka_properties(self) -> list[kafka_config.Passthrough]:
+        return self._kafka_properties
 
     @field_validator(
         "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_ssl_ca_location",
+        "kafka_ssl_certificate_location", "kafka_ssl_key_location",
+        "kafka_sasl_oauthbearer_client_id", "kafka_sasl_oauthbearer_token_endpoint_url",
+        "kafka_sasl_oauthbearer_scope", "kafka_sasl_oauthbearer_extensions",
         "clari_entity_type", "clari_mode", "clari_raw_mode", "clari_source_entity",
         "clari_url", "clari_content_format", "batch_group_attribute",
         mode="before",
@@ -337,7 +389,10 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return value
 
-    @field_validator("log_level", "kafka_security_protocol", "clari_method", mode="before")
+    @field_validator(
+        "log_level", "kafka_security_protocol", "kafka_sasl_mechanism", "clari_method",
+        mode="before",
+    )  # fmt: skip
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
@@ -417,6 +472,8 @@ class Settings(BaseSettings):
             except ValidationError as again:  # not expected: field errors are per field
                 raise SettingsError(problems + _field_problems(again, raw_secrets)) from None
         problems += settings._problems(broken)
+        settings._kafka_properties, refused = _kafka_properties(data)
+        problems += refused
         if problems:
             raise SettingsError(problems)
         settings._notes = [
@@ -505,19 +562,7 @@ class Settings(BaseSettings):
                 "required when CLARI_AUTH_STYLE=apikey: "
                 "Clari needs a partnerkey header on every ingest call",
             )
-        sasl = ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
-        if (
-            ok("kafka_security_protocol", *sasl)
-            and self.kafka_security_protocol.startswith("SASL")
-            and not (
-                self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
-            )
-        ):
-            add(
-                "KAFKA_SASL_MECHANISM",
-                "KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are "
-                f"required with KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}",
-            )
+        problems += self._kafka_problems(ok)
         if (
             ok("kafka_value_format", "schema_registry_url")
             and self.kafka_value_format == "avro"
@@ -562,6 +607,91 @@ class Settings(BaseSettings):
         problems += self._transport_problems(ok)
         return problems
 
+    def _kafka_problems(self, ok: Any) -> list[Problem]:
+        """Kafka security settings that cannot work together."""
+        problems: list[Problem] = []
+        protocol, mechanism = self.kafka_security_protocol, self.kafka_sasl_mechanism
+        sasl = ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+        if not ok("kafka_security_protocol", *sasl):
+            pass
+        elif protocol.startswith("SASL") and mechanism == "OAUTHBEARER":
+            needed = (
+                "kafka_sasl_oauthbearer_client_id",
+                "kafka_sasl_oauthbearer_client_secret",
+                "kafka_sasl_oauthbearer_token_endpoint_url",
+            )
+            missing = [_alias(f) for f in needed if ok(f) and getattr(self, f) is None]
+            if missing:
+                problems.append(
+                    Problem(
+                        missing[0],
+                        f"{', '.join(missing)} required with KAFKA_SASL_MECHANISM=OAUTHBEARER "
+                        "(OIDC client credentials; librdkafka fetches the token)",
+                    )
+                )
+        elif protocol.startswith("SASL") and not (
+            mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            problems.append(
+                Problem(
+                    "KAFKA_SASL_MECHANISM",
+                    "KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are "
+                    f"required with KAFKA_SECURITY_PROTOCOL={protocol}; allowed mechanisms: "
+                    "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER",
+                )
+            )
+        elif ok("kafka_security_protocol", "kafka_sasl_mechanism") and (
+            mechanism and not protocol.startswith("SASL")
+        ):
+            problems.append(
+                Problem(
+                    "KAFKA_SASL_MECHANISM",
+                    f"{mechanism} is used only with KAFKA_SECURITY_PROTOCOL=SASL_SSL or "
+                    f"SASL_PLAINTEXT, not {protocol}",
+                )
+            )
+        cert, key = self.kafka_ssl_certificate_location, self.kafka_ssl_key_location
+        if ok("kafka_ssl_certificate_location", "kafka_ssl_key_location") and bool(cert) != bool(
+            key
+        ):
+            variable = "KAFKA_SSL_KEY_LOCATION" if cert else "KAFKA_SSL_CERTIFICATE_LOCATION"
+            problems.append(
+                Problem(
+                    variable,
+                    "required: a client certificate (mTLS) needs both "
+                    "KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION",
+                )
+            )
+        if ok("kafka_ssl_key_password", "kafka_ssl_key_location") and (
+            self.kafka_ssl_key_password is not None and not key
+        ):
+            problems.append(Problem("KAFKA_SSL_KEY_PASSWORD", "set without KAFKA_SSL_KEY_LOCATION"))
+        files = (
+            "kafka_ssl_ca_location",
+            "kafka_ssl_certificate_location",
+            "kafka_ssl_key_location",
+        )
+        for field in files:
+            path = getattr(self, field)
+            if path is None or not ok(field):
+                continue
+            if not protocol.endswith("SSL") and ok("kafka_security_protocol"):
+                problems.append(
+                    Problem(
+                        _alias(field),
+                        f"set, but KAFKA_SECURITY_PROTOCOL={protocol} encrypts nothing; "
+                        "allowed protocols with it: SSL, SASL_SSL",
+                    )
+                )
+            elif not Path(path).is_file():
+                problems.append(Problem(_alias(field), "no such file (a PEM file)", repr(path)))
+        url = self.kafka_sasl_oauthbearer_token_endpoint_url
+        if url is not None and ok("kafka_sasl_oauthbearer_token_endpoint_url"):
+            why = url_problem(url, "KAFKA_ALLOW_INSECURE_SASL", self.kafka_allow_insecure_sasl)
+            if why:
+                problems.append(Problem("KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL", why))
+        return problems
+
     def _transport_problems(self, ok: Any) -> list[Problem]:
         """URLs that are not http(s), and credentials that would travel unencrypted."""
         problems: list[Problem] = []
@@ -584,15 +714,24 @@ class Settings(BaseSettings):
             problems.append(
                 Problem(
                     "KAFKA_SECURITY_PROTOCOL",
-                    "SASL_PLAINTEXT with KAFKA_SASL_MECHANISM=PLAIN would send the Kafka "
-                    f"password unencrypted to {', '.join(hosts)}; use SASL_SSL, or set "
-                    "KAFKA_ALLOW_INSECURE_SASL=true to allow it",
+                    f"SASL_PLAINTEXT with KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism} "
+                    f"would send the Kafka {self._sasl_secret} unencrypted to "
+                    f"{', '.join(hosts)}; use SASL_SSL, or set KAFKA_ALLOW_INSECURE_SASL=true "
+                    "to allow it",
                 )
             )
         return problems
 
+    @property
+    def _sasl_secret(self) -> str:
+        return "token" if self.kafka_sasl_mechanism == "OAUTHBEARER" else "password"
+
     def _insecure_sasl_hosts(self) -> list[str]:
-        if self.kafka_security_protocol != "SASL_PLAINTEXT" or self.kafka_sasl_mechanism != "PLAIN":
+        # PLAIN sends the password and OAUTHBEARER the token as they are; SCRAM does not.
+        if self.kafka_security_protocol != "SASL_PLAINTEXT" or self.kafka_sasl_mechanism not in (
+            "PLAIN",
+            "OAUTHBEARER",
+        ):
             return []
         return [h for h in broker_hosts(self.kafka_bootstrap_servers) if not is_loopback(h)]
 
@@ -626,8 +765,9 @@ class Settings(BaseSettings):
         hosts = self._insecure_sasl_hosts()
         if hosts and self.kafka_allow_insecure_sasl:
             lines.append(
-                "INSECURE: KAFKA_ALLOW_INSECURE_SASL=true: SASL PLAIN over SASL_PLAINTEXT sends "
-                f"the Kafka password unencrypted to {', '.join(hosts)}"
+                f"INSECURE: KAFKA_ALLOW_INSECURE_SASL=true: SASL {self.kafka_sasl_mechanism} over "
+                f"SASL_PLAINTEXT sends the Kafka {self._sasl_secret} unencrypted to "
+                f"{', '.join(hosts)}"
             )
         return lines
 
@@ -714,6 +854,7 @@ class Settings(BaseSettings):
             for name, value in self.extra_headers.items()
             if name.lower() not in safe and len(value) >= MIN_SEARCHED_LEN
         ]
+        values += [p.value for p in self.kafka_properties if p.secret]
         for url in (self.clari_base_url, self.clari_url, self.schema_registry_url):
             if not url:
                 continue
@@ -726,20 +867,8 @@ class Settings(BaseSettings):
         return Masker(self.secret_values(), self.clari_safe_headers)
 
     def kafka_common(self) -> dict[str, Any]:
-        """librdkafka settings shared by the consumer and the producer."""
-        conf: dict[str, Any] = {
-            "bootstrap.servers": self.kafka_bootstrap_servers,
-            "security.protocol": self.kafka_security_protocol,
-        }
-        if self.kafka_sasl_mechanism:
-            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
-        if self.kafka_sasl_username:
-            conf["sasl.username"] = self.kafka_sasl_username
-        if self.kafka_sasl_password is not None:
-            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
-        if self.kafka_ssl_ca_location:
-            conf["ssl.ca.location"] = self.kafka_ssl_ca_location
-        return conf
+        """librdkafka settings shared by every client (see sink/kafka_config.py)."""
+        return kafka_config.common(self)
 
 
 # Settings never echoed in an error, even when invalid: credentials, and headers that
@@ -852,10 +981,8 @@ NOT_SETTING_PREFIXES = (
     # devkit (CLARI_SINK_CACHE, CLARI_SINK_KAFKA_VERSION), and the variables Kubernetes
     # sets for the clari-sink-admin Service (CLARI_SINK_ADMIN_SERVICE_HOST, ...).
     "CLARI_SINK_",
-    # Reserved for librdkafka properties passed through as they are (checked by
-    # librdkafka itself when the sink starts).
-    "KAFKA_CONSUMER_",
-    "KAFKA_PRODUCER_",
+    # librdkafka properties passed through (sink/kafka_config.py).
+    *kafka_config.PREFIXES,
 )
 # Kubernetes "service links": <SERVICE>_SERVICE_HOST, <SERVICE>_PORT=tcp://..., ...
 _SERVICE_LINK = re.compile(r"[A-Z0-9_]+_SERVICE_(HOST|PORT(_[A-Z0-9_]+)?)")
@@ -895,7 +1022,7 @@ def _unknown_file_keys(env_file: Path) -> list[Problem]:
             f"(in {env_file})",
         )
         for key in dotenv_values(env_file)
-        if key.upper() not in known
+        if key.upper() not in known and kafka_config.passthrough_of(key, "") is None
     ]
 
 
@@ -919,6 +1046,39 @@ def load_settings(
     if problems:
         raise SettingsError(problems)
     return settings
+
+
+class _KafkaPropertiesSource(PydanticBaseSettingsSource):
+    """The environment's KAFKA_CLIENT_*, KAFKA_CONSUMER_* and KAFKA_PRODUCER_* variables."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {
+            name.lower(): value
+            for name, value in os.environ.items()
+            if kafka_config.passthrough_of(name, value) is not None
+        }
+
+
+def _kafka_properties(
+    data: Mapping[str, Any],
+) -> tuple[list[kafka_config.Passthrough], list[Problem]]:
+    """The client properties among the settings' sources, and those refused (with why)."""
+    props = [
+        p
+        for p in kafka_config.passthrough_from(data, known_settings())
+        # Kubernetes service links of a Service named kafka-client, say, are no properties.
+        if not _SERVICE_LINK.fullmatch(p.variable)
+        and not (_SERVICE_PORT.fullmatch(p.variable) and "://" in p.value)
+    ]
+    problems = [
+        Problem(p.variable, why, None if p.secret else repr(p.value))
+        for p in props
+        if (why := kafka_config.refusal(p))
+    ]
+    return props, problems
 
 
 def _strip_one_newline(value: str) -> str:

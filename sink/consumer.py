@@ -23,45 +23,24 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from sink import kafka_config
 from sink.config import Settings
 
 log = logging.getLogger(__name__)
 TP = tuple[str, int]
-
-# librdkafka's defaults prefetch up to 64 MB and, once that queue is full, wait a whole
-# second (fetch.queue.backoff.ms) before fetching again. A small queue refilled at once
-# measured 1.24M records/s of 1 KB at 75 MB peak RSS here, against 175k/s at 150 MB
-# with the defaults (bench/README.md).
-FETCH_TUNING: dict[str, Any] = {
-    "queued.max.messages.kbytes": 2_048,
-    "fetch.queue.backoff.ms": 5,
-    "fetch.max.bytes": 4 * 1024 * 1024,
-    "max.partition.fetch.bytes": 512 * 1024,
-}
 RebalanceHook = Callable[[list[TP]], None]
 
 
 def consumer_config(
     settings: Settings, error_cb: Callable[[KafkaError], None] | None = None, group: bool = True
 ) -> dict[str, Any]:
+    # The properties are sink/kafka_config.py's; the callbacks are this module's.
     conf: dict[str, Any] = {
-        **settings.kafka_common(),
-        "group.id": settings.kafka_group_id,
-        "enable.auto.commit": False,
-        # Offsets are stored and committed by the sink itself, only once resolved.
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": settings.kafka_auto_offset_reset,
-        "partition.assignment.strategy": settings.kafka_assignment_strategy,
-        "session.timeout.ms": settings.kafka_session_timeout_ms,
-        "max.poll.interval.ms": settings.kafka_max_poll_interval_ms,
-        "client.id": "clari-sink",
+        **kafka_config.consumer(settings, group),
         "logger": logging.getLogger("librdkafka"),
-        **FETCH_TUNING,
     }
     if error_cb is not None:
         conf["error_cb"] = error_cb
-    if not group:
-        conf["group.id"] = f"{settings.kafka_group_id}.sample"
     return conf
 
 

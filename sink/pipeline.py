@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import KafkaError
 
+from sink import kafka_check, kafka_config
 from sink.avro import registry_for
 from sink.batching import Batcher
 from sink.committer import Committer
 from sink.config import Settings
-from sink.consumer import KafkaSource, consumer_config
+from sink.consumer import KafkaSource
 from sink.decoding import Shaper
 from sink.delivery import Delivery
 from sink.endpoint import EndpointBuilder
@@ -94,9 +95,8 @@ class Pipeline:
     def backpressure(self) -> bool:
         return bool(self.pressure.full) or self.pressure.bytes_full
 
-    def check_kafka_config(self) -> None:
-        """Let librdkafka judge its settings before anything starts (raises KafkaException)."""
-        Consumer(consumer_config(self.s)).close()
+    def check_kafka_config(self) -> list[str]:  # librdkafka's and the broker's word on them
+        return kafka_check.check(self.s)  # raises SettingsError; returns warnings
 
     def request_stop(self) -> None:
         log.info("stop requested: draining in-flight batches")
@@ -110,7 +110,7 @@ class Pipeline:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 self._loop.add_signal_handler(sig, self.request_stop)
         producer = AsyncProducer(
-            {**self.s.kafka_common(), "logger": logging.getLogger("librdkafka")}
+            {**kafka_config.producer(self.s), "logger": logging.getLogger("librdkafka")}
         )
         reporter = Reporter(
             producer,

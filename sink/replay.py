@@ -42,6 +42,8 @@ class Replayer:
         return await asyncio.to_thread(self._fetch, offsets)
 
     def _fetch(self, offsets: Offsets) -> list[SinkRecord]:
+        # The group consumer's connection, security and KAFKA_CONSUMER_* properties
+        # (sink/kafka_config.py): it reads the same topics from the same brokers.
         conf = consumer_config(self.s, group=False)
         conf["group.id"] = f"{self.s.kafka_group_id}.replay"
         conf["enable.partition.eof"] = True

@@ -52,9 +52,9 @@ class Pipeline:
         self.health = health or Health.for_settings(settings)
         self.tracker = OffsetTracker()
         self.registry = registry_for(settings)  # None: values are JSON
-        self.shaper = Shaper(
-            settings.clari_exclude_attributes,
-            decode=self.registry.decode if self.registry is not None else None,
+        self.shaper = Shaper.for_settings(
+            settings,
+            self.registry.decode if self.registry is not None else None,
             contract=settings.clari_template != "manual",  # Clari's id, createdAt, updatedAt
         )
         self.builder = EndpointBuilder(settings)

@@ -217,6 +217,10 @@ class Delivery:
             res = await self.http.call(req)
             req.release()  # sent: don't hold a 10 MB bulk file while its job runs
             self._observe(res)
+            entity = self.builder.routes.for_batch(batch).label
+            self.metrics.entity_requests.labels(
+                entity=entity, status=str(res.status or "none")
+            ).inc()
             verdict = classify(res.status)
             body = parse_body(res.body)
             job_id = job_id_of(body) if verdict is Verdict.OK else None
@@ -452,6 +456,8 @@ class Delivery:
 
     def _delivered(self, batch: Batch) -> None:
         self.metrics.delivered.inc(batch.size)
+        entity = self.builder.routes.for_batch(batch).label
+        self.metrics.entity_records.labels(entity=entity, outcome="delivered").inc(batch.size)
 
     async def _unpark(self, batch: Batch) -> None:
         if batch.parked is not None:

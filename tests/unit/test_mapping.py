@@ -3,6 +3,8 @@ dead-lettered and why, and the settings refused at start."""
 
 from __future__ import annotations
 
+import random
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -12,6 +14,7 @@ from sink.config import Settings, describe_errors
 from sink.decoding import RecordError, Shaper
 from sink.mapping import SkipRecord, to_millis
 from sink.records import SinkRecord
+from sink.sampling import mapped_examples
 from tests.crm_fixtures import (
     DEBEZIUM_SETTINGS,
     SALESFORCE_SETTINGS,
@@ -237,3 +240,25 @@ def _error(**values: str) -> Exception:
     with pytest.raises(ValueError) as info:
         Settings(**{**BASE, **values})
     return info.value
+
+
+def test_iso8601_conversion_is_exact_to_the_millisecond() -> None:
+    # The fast path reads whole seconds from a float: it must floor like exact arithmetic.
+    rng = random.Random(14)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    for _ in range(20_000):
+        at = epoch + timedelta(microseconds=rng.randrange(-(10**15), 7 * 10**15))
+        assert to_millis(at.isoformat(), "iso8601") == (at - epoch) // timedelta(milliseconds=1)
+
+
+def test_sample_shows_records_before_and_after_mapping_and_why_one_is_not_sent() -> None:
+    s = shaper(**SALESFORCE_SETTINGS)
+    records = [record(salesforce_account(1)), record({**salesforce_account(2), "CreatedDate": 7})]
+    first, second = mapped_examples(records, s)
+    assert first == {
+        "record": "crm.accounts[0]@0",
+        "before": salesforce_account(1),
+        "after": salesforce_expected(1),
+    }
+    assert second["after"].startswith("(not sent: unconvertible-timestamp: field createdAt")
+    assert records[0].body == b""  # shaped as copies: the records themselves untouched

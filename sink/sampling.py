@@ -23,6 +23,7 @@ from sink.consumer import consumer_config
 from sink.decoding import RecordError, Shaper, json_default
 from sink.endpoint import EndpointBuilder, PreparedRequest
 from sink.http_client import HttpClient
+from sink.mapping import SkipRecord
 from sink.records import Batch, SinkRecord
 
 
@@ -67,6 +68,7 @@ async def shaper_for(settings: Settings, records: list[SinkRecord]) -> Shaper:
 
 
 MAPPED_SHOWN = 3  # records shown before and after mapping
+SKIPPED = "skipped, "  # a rejection that is a skip (SINK_DELETES), not a dead letter
 
 
 def mapped_examples(
@@ -122,6 +124,8 @@ def sample_requests(
     for record in records:
         try:
             batches.extend(batcher.add(record, shaper.shape(record)))
+        except SkipRecord as exc:
+            rejected.append((record, f"{SKIPPED}{exc}"))
         except RecordError as exc:
             rejected.append((record, str(exc)))
     batches.extend(batcher.flush())
@@ -194,7 +198,10 @@ def print_samples(settings: Settings, limit: int, as_json: bool) -> int:
             else orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()
         )
     for record, why in rejected:
-        print(f"--- {record.where} would go to the dead-letter topic: {builder.mask_text(why)}")
+        fate = (
+            "would be skipped" if why.startswith(SKIPPED) else "would go to the dead-letter topic"
+        )
+        print(f"--- {record.where} {fate}: {builder.mask_text(why.removeprefix(SKIPPED))}")
     return 0
 
 

@@ -14,7 +14,7 @@ from sink.config import Settings, describe_errors
 from sink.decoding import RecordError, Shaper
 from sink.mapping import SkipRecord, to_millis
 from sink.records import SinkRecord
-from sink.sampling import mapped_examples
+from sink.sampling import SKIPPED, mapped_examples, sample_requests
 from tests.crm_fixtures import (
     DEBEZIUM_SETTINGS,
     SALESFORCE_SETTINGS,
@@ -262,3 +262,15 @@ def test_sample_shows_records_before_and_after_mapping_and_why_one_is_not_sent()
     }
     assert second["after"].startswith("(not sent: unconvertible-timestamp: field createdAt")
     assert records[0].body == b""  # shaped as copies: the records themselves untouched
+
+
+def test_sample_tells_a_skipped_delete_from_a_dead_letter() -> None:
+    s = Settings(**BASE, **DEBEZIUM_SETTINGS)
+    events = [debezium_event("d", pg_row(1, "Gone"), None), debezium_event("x", None, None)]
+    requests, rejected = sample_requests(
+        s,
+        [record(e, i) for i, e in enumerate(events)],
+        Shaper.for_settings(s, None, contract=False),
+    )
+    assert requests == []
+    assert [why.split(":")[0] for _, why in rejected] == [f"{SKIPPED}deleted", "bad-envelope"]

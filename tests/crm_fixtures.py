@@ -60,18 +60,42 @@ def salesforce_expected(i: int) -> dict[str, Any]:
     }
 
 
+def _column(kind: str, optional: bool, name: str, logical: str | None = None) -> dict[str, Any]:
+    column: dict[str, Any] = {"type": kind, "optional": optional, "field": name}
+    if logical:
+        column |= {"name": logical, "version": 1}
+    return column
+
+
+# The JSON converter's schema (schemas.enable=true) of a 5-column Postgres table, as
+# Debezium 2.5 writes it: several times the size of the row it describes.
+_ROW_SCHEMA = [
+    _column("int32", False, "id"),
+    _column("string", True, "name"),
+    _column("string", True, "tier"),
+    _column("int64", True, "created_at", "io.debezium.time.MicroTimestamp"),
+    _column("string", True, "updated_at", "io.debezium.time.ZonedTimestamp"),
+]
+_SOURCE_SCHEMA = [
+    _column("string", False, name)
+    for name in ("version", "connector", "name", "db", "schema", "table", "snapshot")
+] + [_column("int64", name != "ts_ms", name) for name in ("ts_ms", "txId", "lsn", "xmin")]
 DEBEZIUM_SCHEMA = {
     "type": "struct",
-    "name": "crm.public.accounts.Envelope",
-    "optional": False,
     "fields": [
-        {"field": "before", "type": "struct", "optional": True},
-        {"field": "after", "type": "struct", "optional": True},
-        {"field": "source", "type": "struct", "optional": False},
-        {"field": "op", "type": "string", "optional": False},
-        {"field": "ts_ms", "type": "int64", "optional": True},
+        {"type": "struct", "fields": _ROW_SCHEMA, "optional": True,
+         "name": "crm.public.accounts.Value", "field": "before"},
+        {"type": "struct", "fields": _ROW_SCHEMA, "optional": True,
+         "name": "crm.public.accounts.Value", "field": "after"},
+        {"type": "struct", "fields": _SOURCE_SCHEMA, "optional": False,
+         "name": "io.debezium.connector.postgresql.Source", "field": "source"},
+        _column("string", False, "op"),
+        _column("int64", True, "ts_ms"),
     ],
-}
+    "optional": False,
+    "name": "crm.public.accounts.Envelope",
+    "version": 1,
+}  # fmt: skip
 
 
 def pg_row(i: int, name: str, updated_s: int = 0) -> dict[str, Any]:

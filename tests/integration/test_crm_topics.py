@@ -209,7 +209,10 @@ ENTITIES = {"accounts": "account", "contacts": "contact", "opportunities": "oppo
             "activities": "activity"}  # fmt: skip
 
 
-def test_four_entities_through_one_sink(kafka: str, emulator: Emulator, logs: Path) -> None:
+@pytest.mark.parametrize("template", ["upload-entity-data", "ingest-bulk-entities"])
+def test_four_entities_through_one_sink(
+    kafka: str, emulator: Emulator, logs: Path, template: str
+) -> None:
     run = unique("four")
     topics = {f"{run}.{name}": entity for name, entity in ENTITIES.items()}
     counts = dict(zip(topics, (300, 200, 150, 120), strict=True))
@@ -222,6 +225,9 @@ def test_four_entities_through_one_sink(kafka: str, emulator: Emulator, logs: Pa
         emulator,
         ",".join(topics),
         CLARI_ENTITY_TYPE="",
+        CLARI_TEMPLATE=template,
+        JOB_POLL_INITIAL_MS=50,
+        JOB_POLL_MAX_MS=200,
         CLARI_TOPIC_ENTITIES=",".join(f"{t}:{e.capitalize()}" for t, e in topics.items()),
     )
     SinkProcess(env, "--until-drained", log_dir=logs).run_to_end()
@@ -233,7 +239,8 @@ def test_four_entities_through_one_sink(kafka: str, emulator: Emulator, logs: Pa
         got = {r["record"]["id"] for r in emulator.records(entity)}
         assert got == {crm_record(entity, i)["id"] for i in range(counts[topic])}
         assert all(r["record"]["entityType"] == entity for r in emulator.records(entity))
-    calls = [m for m in responses(kafka, env) if m["kind"] == "ingest"]
+    calls = [m for m in responses(kafka, env) if m["kind"] in ("ingest", "bulk")]
+    assert {m["outcome"] for m in calls} <= {"delivered", "job-submitted"}
     assert sum(m["recordCount"] for m in calls) == sum(counts.values())
     for m in calls:  # each call's entity is its records' topic's
         (source,) = m["sources"]

@@ -156,9 +156,7 @@ class RecordMapper:
     def _unconvertible(self, name: str, value: Any, fmt: str) -> RecordError:
         origin = self._origin.get(name)
         field = f"{name} (renamed from {origin})" if origin else name
-        shown = repr(value)
-        if len(shown) > SHOWN_VALUE_CHARS:
-            shown = shown[:SHOWN_VALUE_CHARS] + "..."
+        shown = _shown(value)
         return RecordError(
             "unconvertible-timestamp", f"field {field}: {shown} is not {_EXPECTED[fmt]}"
         )
@@ -170,6 +168,14 @@ class RecordMapper:
         if "schema" in event and isinstance(payload, dict):
             event = payload
         op = event.get("op")
+        if type(op) is not str:  # a list would not even hash
+            if op is None:
+                raise RecordError(
+                    "bad-envelope",
+                    "not a Debezium change event (no 'op'); set KAFKA_VALUE_ENVELOPE=none "
+                    "for plain records",
+                )
+            raise RecordError("bad-envelope", f"unknown change-event op {_shown(op)}")
         if op in UPSERT_OPS:
             after = event.get("after")
             if isinstance(after, dict):
@@ -193,13 +199,18 @@ class RecordMapper:
             if self._deletes == "dead-letter":
                 raise RecordError("deleted", "a truncate event (op 't')")
             raise SkipRecord("truncate", "a truncate event (op 't')")
-        if op is None:
-            raise RecordError(
-                "bad-envelope",
-                "not a Debezium change event (no 'op'); set KAFKA_VALUE_ENVELOPE=none for "
-                "plain records",
-            )
-        raise RecordError("bad-envelope", f"unknown change-event op {str(op)[:16]!r}")
+        raise RecordError("bad-envelope", f"unknown change-event op {_shown(op)}")
+
+
+def _shown(value: Any) -> str:
+    """A value named in a dead letter's reason: scalars as they are (cut short), objects
+    and arrays by kind only (one may nest 1,024 levels, beyond what repr() takes)."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    shown = repr(value)
+    return shown if len(shown) <= SHOWN_VALUE_CHARS else shown[:SHOWN_VALUE_CHARS] + "..."
 
 
 __all__ = [

@@ -82,7 +82,9 @@ def test_timestamp_formats_become_epoch_milliseconds(value: Any, fmt: str, milli
         ("yesterday", "'yesterday' is not ISO-8601 text"),
         (1_709_294_400, "1709294400 is not ISO-8601 text"),
         (True, "True is not ISO-8601 text"),
-        ({"$date": 1}, "{'$date': 1} is not ISO-8601 text"),
+        ({"$date": 1}, "an object is not ISO-8601 text"),
+        ([[[]]], "an array is not ISO-8601 text"),
+        ("x" * 100, f"'{'x' * 63}... is not ISO-8601 text"),
     ],
 )
 def test_an_unconvertible_value_dead_letters_that_record_naming_field_and_reason(
@@ -308,3 +310,16 @@ def test_change_events_read_slim_give_what_the_full_decode_gives(deletes: str) -
     # The slim read is taken for the events that carry a row (the point of it).
     for op in ("c", "u", "d"):
         assert s._slim_event(orjson.dumps(debezium_event(op, pg_row(1, "B"), pg_row(1, "A"))))
+
+
+def test_values_nested_as_deep_as_json_goes_are_dead_lettered_not_crashing() -> None:
+    deep = b"[" * 1020 + b"]" * 1020
+    account = salesforce_account(1)
+    value = orjson.dumps(account).replace(orjson.dumps(account["CreatedDate"]), deep)
+    assert refused(shaper(**SALESFORCE_SETTINGS), value).reason == "unconvertible-timestamp"
+    event = orjson.dumps(debezium_event("c", None, {"id": 1})).replace(b'"op":"c"', b'"op":' + deep)
+    assert refused(shaper(**DEBEZIUM_SETTINGS), event).detail == "unknown change-event op an array"
+    row = orjson.dumps(debezium_event("c", None, {"deep": 1})).replace(
+        b'{"deep":1}', b'{"d":' + deep + b"}"
+    )
+    assert refused(shaper(**DEBEZIUM_SETTINGS), row).reason == "too-deep"

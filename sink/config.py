@@ -392,6 +392,14 @@ class Settings(BaseSettings):
     def _crm_lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
 
+    @field_validator("clari_deleted_attribute")
+    @classmethod
+    def _deleted_attribute(cls, value: str) -> str:
+        value = value.strip()
+        if not value or "." in value:
+            raise ValueError("allowed values: a top-level field name, e.g. isDeleted")
+        return value
+
     @field_validator("clari_rename_attributes")
     @classmethod
     def _renames(cls, value: str) -> str:

@@ -230,6 +230,12 @@ def test_topic_entities_are_checked_against_the_topics_read() -> None:
     }
 
 
+def test_the_deleted_flag_is_a_top_level_field() -> None:
+    for bad in (" ", "meta.deleted"):
+        (line,) = describe_errors(_error(CLARI_DELETED_ATTRIBUTE=bad))
+        assert line.endswith("allowed values: a top-level field name, e.g. isDeleted")
+
+
 def test_an_envelope_replaces_the_null_value_policy() -> None:
     lines = describe_errors(_error(KAFKA_VALUE_ENVELOPE="debezium", SINK_NULL_VALUES="fail"))
     assert lines == [

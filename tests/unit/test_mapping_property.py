@@ -5,6 +5,7 @@ inside Debezium envelopes (rows and ops of any shape, with and without the wrapp
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -55,6 +56,11 @@ rows = st.fixed_dictionaries(
 )
 
 
+def _dumps(value: Any) -> bytes:
+    """JSON as a producer may write it: big integers, escaped surrogates."""
+    return json.dumps(value).encode()
+
+
 @st.composite
 def events(draw: st.DrawFn) -> bytes:
     event: dict[str, Any] = {
@@ -64,11 +70,11 @@ def events(draw: st.DrawFn) -> bytes:
     }
     if draw(st.booleans()):
         event = {"schema": draw(json_values), "payload": event}
-    return orjson.dumps(event)
+    return _dumps(event)
 
 
 @FAST
-@given(st.one_of(raw_values(), events(), rows.map(orjson.dumps)))
+@given(st.one_of(raw_values(), events(), rows.map(_dumps)))
 def test_mapping_refuses_with_a_reason_or_sends_the_contract(value: bytes | None) -> None:
     for shaper in SHAPERS:
         record = SinkRecord("crm", 0, 0, None, value, None, 0)

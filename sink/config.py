@@ -407,6 +407,10 @@ class Settings(BaseSettings):
         problems = [f"{old!r} is not a top-level field name" for old, _ in pairs if "." in old]
         problems += [f"{new!r} is not a top-level field name" for _, new in pairs if "." in new]
         targets = [new for _, new in pairs]
+        # A chain (a:b,b:c) would read differently applied in turn or at once: refused.
+        sources = {old for old, _ in pairs}
+        problems += [f"{t!r} is renamed and a rename's target" for t in targets
+                     if t in sources and (t, t) not in pairs]  # fmt: skip
         problems += [f"two fields are renamed to {t!r}" for t in sorted(set(targets))
                      if targets.count(t) > 1]  # fmt: skip
         if problems:
@@ -651,6 +655,22 @@ class Settings(BaseSettings):
                     "CLARI_TOPIC_ENTITIES",
                     f"no entity type for {', '.join(unmapped)}: map every topic of "
                     "KAFKA_TOPICS, or set CLARI_ENTITY_TYPE for the others",
+                ))  # fmt: skip
+        renamed = dict(parse_pairs(self.clari_rename_attributes, "From:to"))
+        for variable, field, names in (
+            ("CLARI_TIMESTAMP_ATTRIBUTES", "clari_timestamp_attributes",
+             [n for n, _ in parse_pairs(self.clari_timestamp_attributes, "field:format")]),
+            ("CLARI_EXCLUDE_ATTRIBUTES", "clari_exclude_attributes",
+             [p.split(".")[0] for p in self.clari_exclude_attributes]),
+        ):  # fmt: skip
+            if not ok(field, "clari_rename_attributes"):
+                continue
+            gone = [f"{n} (now {renamed[n]})" for n in dict.fromkeys(names) if n in renamed]
+            if gone:
+                problems.append(Problem(
+                    variable,
+                    f"names {', '.join(gone)} by the name CLARI_RENAME_ATTRIBUTES renames: "
+                    "fields are named as renamed here (unwrap -> rename -> convert -> exclude)",
                 ))  # fmt: skip
         kinds = {entity for entity, _ in entities.values()}
         if len(kinds) > 1 and self.clari_source_entity and ok("clari_source_entity"):

@@ -230,6 +230,34 @@ def test_topic_entities_are_checked_against_the_topics_read() -> None:
     }
 
 
+def test_fields_are_named_as_renamed_after_renaming() -> None:
+    lines = describe_errors(
+        _error(
+            CLARI_RENAME_ATTRIBUTES="Id:id,CreatedDate:createdAt,a:b,b:c",
+            CLARI_TIMESTAMP_ATTRIBUTES="CreatedDate:iso8601,updatedAt:iso8601",
+            CLARI_EXCLUDE_ATTRIBUTES="Id,attributes,Id.x",
+        )
+    )
+    assert lines == [
+        "CLARI_RENAME_ATTRIBUTES='Id:id,CreatedDate:createdAt,a:b,b:c': 'b' is renamed and a "
+        "rename's target",
+    ]
+    lines = describe_errors(
+        _error(
+            CLARI_RENAME_ATTRIBUTES="Id:id,CreatedDate:createdAt",
+            CLARI_TIMESTAMP_ATTRIBUTES="CreatedDate:iso8601,updatedAt:iso8601",
+            CLARI_EXCLUDE_ATTRIBUTES="Id,attributes,Id.x",
+        )
+    )
+    assert lines == [
+        "CLARI_TIMESTAMP_ATTRIBUTES: names CreatedDate (now createdAt) by the name "
+        "CLARI_RENAME_ATTRIBUTES renames: fields are named as renamed here "
+        "(unwrap -> rename -> convert -> exclude)",
+        "CLARI_EXCLUDE_ATTRIBUTES: names Id (now id) by the name CLARI_RENAME_ATTRIBUTES "
+        "renames: fields are named as renamed here (unwrap -> rename -> convert -> exclude)",
+    ]
+
+
 def test_the_deleted_flag_is_a_top_level_field() -> None:
     for bad in (" ", "meta.deleted"):
         (line,) = describe_errors(_error(CLARI_DELETED_ATTRIBUTE=bad))

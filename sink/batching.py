@@ -530,6 +530,10 @@ class Batcher:
         most = self.max_records
         return {tp for tp, n in self._tp_records.items() if n >= most}
 
+    def holds_any(self, topics: set[str]) -> bool:
+        """Whether open batches hold records of ``topics``."""
+        return any(batches for (topic, _), batches in self._by_tp.items() if topic in topics)
+
     @property
     def open_batches(self) -> int:
         return len(self._open)

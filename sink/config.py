@@ -35,6 +35,7 @@ from pydantic_settings import (
 )
 
 from sink import kafka_config
+from sink.mapping import TIMESTAMP_FORMATS, MappingSettings, parse_pairs
 from sink.masking import (
     MIN_SEARCHED_LEN,
     SAFE_HEADERS,
@@ -231,6 +232,15 @@ class Settings(BaseSettings):
     clari_allow_insecure_http: bool = Field(False, alias="CLARI_ALLOW_INSECURE_HTTP")
     clari_exclude_attributes: CSV = Field(default_factory=list, alias="CLARI_EXCLUDE_ATTRIBUTES")
     clari_id_field: str = Field("id", alias="CLARI_ID_FIELD")
+
+    # --- CRM topics: envelopes, field mapping, several entities (README "CRM topics") --
+    # Applied in this order: unwrap -> rename -> convert -> exclude (sink/mapping.py).
+    kafka_value_envelope: Literal["none", "debezium"] = Field("none", alias="KAFKA_VALUE_ENVELOPE")
+    sink_deletes: Literal["skip", "dead-letter", "send"] = Field("skip", alias="SINK_DELETES")
+    clari_deleted_attribute: str = Field("isDeleted", alias="CLARI_DELETED_ATTRIBUTE")
+    clari_rename_attributes: str = Field("", alias="CLARI_RENAME_ATTRIBUTES")
+    clari_timestamp_attributes: str = Field("", alias="CLARI_TIMESTAMP_ATTRIBUTES")
+    clari_topic_entities: str = Field("", alias="CLARI_TOPIC_ENTITIES")
 
     # --- Batching ------------------------------------------------------------------
     batch_enabled: bool = Field(True, alias="BATCH_ENABLED")
@@ -439,6 +449,75 @@ class Settings(BaseSettings):
             raise ValueError("; ".join(problems))
         return value
 
+    @field_validator("kafka_value_envelope", "sink_deletes", mode="before")
+    @classmethod
+    def _crm_lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("clari_deleted_attribute")
+    @classmethod
+    def _deleted_attribute(cls, value: str) -> str:
+        value = value.strip()
+        if not value or "." in value:
+            raise ValueError("allowed values: a top-level field name, e.g. isDeleted")
+        return value
+
+    @field_validator("clari_rename_attributes")
+    @classmethod
+    def _renames(cls, value: str) -> str:
+        pairs = parse_pairs(value, "From:to (e.g. Id:id,CreatedDate:createdAt)")
+        problems = [f"{old!r} is not a top-level field name" for old, _ in pairs if "." in old]
+        problems += [f"{new!r} is not a top-level field name" for _, new in pairs if "." in new]
+        targets = [new for _, new in pairs]
+        # A chain (a:b,b:c) would read differently applied in turn or at once: refused.
+        sources = {old for old, _ in pairs}
+        problems += [f"{t!r} is renamed and a rename's target" for t in targets
+                     if t in sources and (t, t) not in pairs]  # fmt: skip
+        problems += [f"two fields are renamed to {t!r}" for t in sorted(set(targets))
+                     if targets.count(t) > 1]  # fmt: skip
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("clari_timestamp_attributes")
+    @classmethod
+    def _timestamps(cls, value: str) -> str:
+        pairs = parse_pairs(value, "field:format (e.g. createdAt:iso8601)")
+        allowed = ", ".join(TIMESTAMP_FORMATS)
+        problems = [
+            f"{fmt!r} (for {name}) is not a timestamp format; allowed values: {allowed}"
+            for name, fmt in pairs
+            if fmt.lower() not in TIMESTAMP_FORMATS
+        ]
+        problems += [f"{name!r} is not a top-level field name" for name, _ in pairs if "." in name]
+        names = [name for name, _ in pairs]
+        problems += [f"{n!r} is named twice" for n in sorted(set(names)) if names.count(n) > 1]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("clari_topic_entities")
+    @classmethod
+    def _topic_entities(cls, value: str) -> str:
+        problems = []
+        topics: list[str] = []
+        for topic, rest in parse_pairs(value, "topic:Entity (e.g. crm.accounts:Account)"):
+            entity, _, source = (part.strip() for part in rest.partition(":"))
+            if problem := topic_problem(topic):
+                problems.append(problem)
+            if entity.lower() not in ENTITY_TYPES:
+                allowed = ", ".join(ENTITY_TYPES.values())
+                problems.append(f"{entity!r} (for {topic}) is not an entity type; allowed "
+                                f"values: {allowed}")  # fmt: skip
+            if topic in topics:
+                problems.append(f"topic {topic} is mapped twice")
+            topics.append(topic)
+            if ":" in source:
+                problems.append(f"entry for {topic} has more than topic:Entity:sourceEntity")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
     # --- Every problem at once -------------------------------------------------------
     def __init__(self, **values: Any) -> None:
         try:
@@ -500,7 +579,11 @@ class Settings(BaseSettings):
         if not ok("clari_template"):
             pass
         elif template != "manual":
-            if ok("clari_entity_type") and self.clari_entity_type is None:
+            if (
+                ok("clari_entity_type", "clari_topic_entities")
+                and self.clari_entity_type is None
+                and not self.topic_entities
+            ):
                 allowed = ", ".join(ENTITY_TYPES.values())
                 add(
                     "CLARI_ENTITY_TYPE",
@@ -605,6 +688,61 @@ class Settings(BaseSettings):
         if ok("kafka_topics") and _REQUIRE_TOPICS.get() and not self.kafka_topics:
             add("KAFKA_TOPICS", "required (comma-separated topic names)")
         problems += self._transport_problems(ok)
+        problems += self._crm_problems(ok)
+        return problems
+
+    def _crm_problems(self, ok: Any) -> list[Problem]:
+        """CLARI_TOPIC_ENTITIES against the topics read, and settings an envelope replaces."""
+        problems: list[Problem] = []
+        entities = self.topic_entities if ok("clari_topic_entities") else {}
+        if entities and ok("kafka_topics") and self.kafka_topics:
+            unread = [t for t in entities if t not in self.kafka_topics]
+            if unread:
+                problems.append(Problem(
+                    "CLARI_TOPIC_ENTITIES",
+                    f"maps {', '.join(unread)}, not in KAFKA_TOPICS; allowed values: "
+                    f"topics of KAFKA_TOPICS ({', '.join(self.kafka_topics)})",
+                ))  # fmt: skip
+            unmapped = [t for t in self.kafka_topics if t not in entities]
+            if unmapped and self.clari_entity_type is None and ok("clari_entity_type"):
+                problems.append(Problem(
+                    "CLARI_TOPIC_ENTITIES",
+                    f"no entity type for {', '.join(unmapped)}: map every topic of "
+                    "KAFKA_TOPICS, or set CLARI_ENTITY_TYPE for the others",
+                ))  # fmt: skip
+        renamed = dict(parse_pairs(self.clari_rename_attributes, "From:to"))
+        for variable, field, names in (
+            ("CLARI_TIMESTAMP_ATTRIBUTES", "clari_timestamp_attributes",
+             [n for n, _ in parse_pairs(self.clari_timestamp_attributes, "field:format")]),
+            ("CLARI_EXCLUDE_ATTRIBUTES", "clari_exclude_attributes",
+             [p.split(".")[0] for p in self.clari_exclude_attributes]),
+        ):  # fmt: skip
+            if not ok(field, "clari_rename_attributes"):
+                continue
+            gone = [f"{n} (now {renamed[n]})" for n in dict.fromkeys(names) if n in renamed]
+            if gone:
+                problems.append(Problem(
+                    variable,
+                    f"names {', '.join(gone)} by the name CLARI_RENAME_ATTRIBUTES renames: "
+                    "fields are named as renamed here (unwrap -> rename -> convert -> exclude)",
+                ))  # fmt: skip
+        kinds = {entity for entity, _ in entities.values()}
+        if len(kinds) > 1 and self.clari_source_entity and ok("clari_source_entity"):
+            problems.append(Problem(
+                "CLARI_SOURCE_ENTITY",
+                "one sourceEntity for every entity type of CLARI_TOPIC_ENTITIES; give each "
+                "its own there (topic:Entity:sourceEntity), or leave it unset for crm_<entity>",
+            ))  # fmt: skip
+        if (
+            self.kafka_value_envelope != "none"
+            and "null_values" in self.model_fields_set
+            and ok("kafka_value_envelope", "null_values")
+        ):
+            problems.append(Problem(
+                "SINK_NULL_VALUES",
+                f"with KAFKA_VALUE_ENVELOPE={self.kafka_value_envelope} tombstones follow "
+                "SINK_DELETES (allowed values: skip, dead-letter, send); unset SINK_NULL_VALUES",
+            ))  # fmt: skip
         return problems
 
     def _kafka_problems(self, ok: Any) -> list[Problem]:
@@ -840,6 +978,33 @@ class Settings(BaseSettings):
     @property
     def extra_headers(self) -> dict[str, str]:
         return parse_headers(self.clari_request_headers)
+
+    @property
+    def topic_entities(self) -> dict[str, tuple[str, str | None]]:
+        """CLARI_TOPIC_ENTITIES: topic -> (entity type, its sourceEntity if given)."""
+        out: dict[str, tuple[str, str | None]] = {}
+        for topic, rest in parse_pairs(self.clari_topic_entities, "topic:Entity"):
+            entity, _, source = (part.strip() for part in rest.partition(":"))
+            out[topic] = (ENTITY_TYPES.get(entity.lower(), entity), source or None)
+        return out
+
+    @property
+    def mapping(self) -> MappingSettings | None:
+        """The record mapping, or None when records go as they are decoded."""
+        renames = tuple(parse_pairs(self.clari_rename_attributes, "From:to"))
+        timestamps = tuple(
+            (name, fmt.lower())
+            for name, fmt in parse_pairs(self.clari_timestamp_attributes, "field:format")
+        )
+        if self.kafka_value_envelope == "none" and not renames and not timestamps:
+            return None
+        return MappingSettings(
+            envelope=self.kafka_value_envelope,
+            deletes=self.sink_deletes,
+            deleted_attribute=self.clari_deleted_attribute,
+            renames=renames,
+            timestamps=timestamps,
+        )
 
     def secret_values(self) -> list[str]:
         """Every value to mask wherever it shows (see sink/masking.py)."""

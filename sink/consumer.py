@@ -54,6 +54,12 @@ class KafkaSource:
         self.paused: set[TP] = set()
         self.pause_new = False  # pause partitions as soon as they are assigned (inactive)
         self.mid_rebalance = False
+        self.partition_counts: dict[str, int] = {}  # as of the last partitions_of_topics()
+        # With keep_positions, each partition's next offset to read after the last poll
+        # whose messages the sink has handled (settle_positions); for sink/last_batch.py.
+        self.keep_positions = False
+        self.positions: dict[TP, int] = {}
+        self._polled: dict[TP, int] = {}
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -99,8 +105,22 @@ class KafkaSource:
         self.paused.difference_update(tps)
 
     async def consume(self, max_messages: int, timeout_s: float) -> list[Message]:
-        msgs: list[Message] = await self._call(self._consumer.consume, max_messages, timeout_s)
-        return msgs
+        def poll() -> list[Message]:
+            msgs: list[Message] = self._consumer.consume(max_messages, timeout_s)
+            if self.keep_positions and self.assignment:
+                tps = [TopicPartition(*tp) for tp in self.assignment]
+                got = self._consumer.position(tps)
+                self._polled = {(p.topic, p.partition): p.offset for p in got if p.offset >= 0}
+            return msgs
+
+        polled: list[Message] = await self._call(poll)
+        return polled
+
+    def settle_positions(self) -> None:
+        """The positions as of the last poll count from now: its messages are handled.
+        (librdkafka's position moves as soon as a poll takes messages, before the sink
+        has them: read then, it let an initial load close with records still unread.)"""
+        self.positions = self._polled
 
     def commit_now(self, positions: dict[TP, int]) -> None:
         """Synchronous commit, for the kafka thread itself (rebalance callbacks)."""
@@ -134,7 +154,9 @@ class KafkaSource:
                 log.warning("reading topic metadata: %s", exc)
                 return None
             wanted = self.settings.kafka_topics
-            return sum(len(topics[t].partitions) for t in wanted if t in topics) or None
+            counts = {t: len(topics[t].partitions) for t in wanted if t in topics}
+            self.partition_counts = counts  # per topic, for sink/last_batch.py
+            return sum(counts.values()) or None
 
         total: int | None = await self._call(query)
         return total
@@ -146,15 +168,6 @@ class KafkaSource:
         except KafkaException:
             return None
         return None if high < 0 else int(high)
-
-    def position(self, tp: TP) -> int | None:
-        """The offset the consumer reads next from ``tp`` (local, no broker round trip);
-        None before its fetch position is known."""
-        try:
-            (part,) = self._consumer.position([TopicPartition(*tp)])
-        except KafkaException:
-            return None
-        return None if part.offset < 0 else int(part.offset)
 
     async def end_offsets(self, tps: list[TP]) -> dict[TP, tuple[int, int]]:
         def query() -> dict[TP, tuple[int, int]]:

@@ -169,6 +169,7 @@ def sub_batch(batch: Batch, records: list[SinkRecord], part: int) -> Batch:
     isLastBatch only on the part that ends the batch."""
     sub = Batch(id=f"{batch.id}.{part}", group=batch.group, records=records)
     sub.is_last = batch.is_last and part == 2
+    sub.lanes = batch.lanes  # where it came from (its entity, for sink/last_batch.py)
     return sub
 
 
@@ -219,6 +220,10 @@ class Delivery:
             res = await self.http.call(req)
             req.release()  # sent: don't hold a 10 MB bulk file while its job runs
             self._observe(res)
+            entity = self.builder.routes.for_batch(batch).label
+            self.metrics.entity_requests.labels(
+                entity=entity, status=str(res.status or "none")
+            ).inc()
             verdict = classify(res.status)
             body = parse_body(res.body)
             job_id = job_id_of(body) if verdict is Verdict.OK else None
@@ -454,6 +459,8 @@ class Delivery:
 
     def _delivered(self, batch: Batch) -> None:
         self.metrics.delivered.inc(batch.size)
+        entity = self.builder.routes.for_batch(batch).label
+        self.metrics.entity_records.labels(entity=entity, outcome="delivered").inc(batch.size)
         self.on_accepted(batch)
 
     async def _unpark(self, batch: Batch) -> None:

@@ -3,15 +3,16 @@
 ``true`` and ``false`` are sent as set. Under ``auto`` a call says true when it catches
 up: nothing else is open or waiting and every assigned partition is read to its end.
 
-An initial load (``mode=initial``) is stricter, because Clari ends the load at the first
-call with isLastBatch=true and refuses ``initial`` after it: the closing call
+An initial load (``mode=initial``) is stricter, because Clari ends the load of an entity
+at its first call with isLastBatch=true and refuses ``initial`` for it after that. Each
+entity's load (its topics, CLARI_TOPIC_ENTITIES) is closed by one call, which
 
-- waits until every earlier call of the load has its final answer (for bulk, its job
-  ended), and is never in flight with another call (see ``holds``);
-- is sent only by a member holding every partition of the topics: a member reading part
-  of a load cannot know when the whole load is done;
-- is sent once: after Clari accepted it, later calls say false. If the sink stops before
-  closing, the next run closes the load with its call that catches up.
+- waits until every earlier call of that entity has its final answer (for bulk, its job
+  ended), and is never in flight with another call of it (see ``holds``);
+- is sent only by a member holding every partition of the entity's topics: a member
+  reading part of a load cannot know when the whole load is done;
+- is sent once: after Clari accepted it, later calls of the entity say false. If the
+  sink stops before closing, the next run closes the load with the call that catches up.
 """
 
 from __future__ import annotations
@@ -36,49 +37,81 @@ class LastBatch:
         batcher: Batcher,
         flow: Dispatcher,
         tracker: OffsetTracker,
-        partitions_total: Callable[[], int | None],
+        entity_of: Callable[[str], str],
     ) -> None:
         self.setting = setting  # true, false or auto (Settings.is_last_batch)
         self.initial_load = initial_load and setting == "auto"
         self.batcher = batcher
         self.flow = flow
         self.tracker = tracker
-        self.partitions_total = partitions_total  # all partitions of the topics, if known
+        self.entity_of = entity_of  # a topic's entity
         self.source: KafkaSource | None = None  # set once the consumer exists
-        self.closed = False  # an initial load's closing call was accepted
-        self._told_partial = False
+        self.closed: set[str] = set()  # entities whose closing call was accepted
+        self._told_partial: set[str] = set()
         flow.holds = self.holds
 
-    def now(self) -> bool:
+    def now(self, batch: Batch) -> bool:
         if self.setting != "auto":
             return self.setting == "true"
         if not self.initial_load:
-            return self._caught_up()
-        return not self.closed and not self.flow.in_flight and self._closes()
+            return self._caught_up(None)
+        entity = self._entity(batch)
+        if entity in self.closed:
+            return False
+        topics = self._topics(entity)
+        return self._closes(entity, topics) and self._alone(entity, topics, batch)
 
     def holds(self, batch: Batch) -> bool:
-        """Whether ``batch`` must wait before it starts: it would close an initial load
-        while calls are in flight."""
-        if not self.initial_load or self.closed or not self.flow.in_flight:
+        """Whether ``batch`` must wait before it starts: it would close its entity's
+        initial load while other records of that entity are not resolved yet (calls in
+        flight, dead letters being written)."""
+        if not self.initial_load:
             return False
-        return self._closes()
+        entity = self._entity(batch)
+        if entity in self.closed:
+            return False
+        topics = self._topics(entity)
+        return self._closes(entity, topics) and not self._alone(entity, topics, batch)
 
     def accepted(self, batch: Batch) -> None:
         """Clari accepted ``batch`` (every record of it, or the rest after dead letters)."""
-        if batch.is_last and self.initial_load and not self.closed:
-            self.closed = True
-            log.info("initial load closed: the call with isLastBatch=true was accepted")
+        if batch.is_last and self.initial_load and batch.lanes:
+            entity = self._entity(batch)
+            if entity not in self.closed:
+                self.closed.add(entity)
+                log.info("initial load of %s closed: its isLastBatch=true call accepted", entity)
 
-    def _closes(self) -> bool:
-        return self._caught_up() and self._whole_topics()
+    def _entity(self, batch: Batch) -> str:
+        return self.entity_of(batch.lanes[0][0])
 
-    def _caught_up(self) -> bool:
-        """Nothing buffered or waiting, and every assigned partition read to its end."""
-        flow = self.flow
-        if self.batcher.open_batches or flow.queues or flow.cut or self.source is None:
+    def _topics(self, entity: str) -> set[str]:
+        assert self.source is not None
+        return {t for t in self.source.settings.kafka_topics if self.entity_of(t) == entity}
+
+    def _alone(self, entity: str, topics: set[str], batch: Batch) -> bool:
+        """No other call of ``entity`` in flight, and every record of its topics but
+        ``batch``'s resolved: the close is the load's last word."""
+        for other in self.flow.in_flight.values():
+            if other is not batch and other.lanes and self._entity(other) == entity:
+                return False
+        assert self.source is not None
+        tps = [tp for tp in self.source.assignment if tp[0] in topics]
+        return sum(map(self.tracker.unresolved, tps)) <= batch.count
+
+    def _closes(self, entity: str, topics: set[str]) -> bool:
+        """The entity's topics are read to their ends, held whole by this member."""
+        return self._caught_up(topics) and self._whole_topics(entity, topics)
+
+    def _caught_up(self, topics: set[str] | None) -> bool:
+        """Each assigned partition of ``topics`` (None: of every topic) read to its end,
+        and nothing of them buffered or waiting. (Ends first: during a load they are what
+        says no, at the cost of a few lookups.)"""
+        if self.source is None:
             return False
         strict = self.initial_load  # an unknown end or position is not an end
         for tp in self.source.assignment:
+            if topics is not None and tp[0] not in topics:
+                continue
             high = self.source.cached_high_watermark(tp)
             if high is None:
                 if strict:
@@ -86,24 +119,34 @@ class LastBatch:
                 continue
             if high <= 0:
                 continue
-            read = max(self.tracker.consumed_to(tp), self.source.position(tp) or -1)
+            read = max(self.tracker.consumed_to(tp), self.source.positions.get(tp, -1))
             if read < high:
                 return False
-        return True
+        flow = self.flow
+        if topics is None:
+            return not (self.batcher.open_batches or flow.queues or flow.cut)
+        return not (
+            self.batcher.holds_any(topics)
+            or any(lane[0] in topics for lane in flow.queues)
+            or any(b.lanes[0][0] in topics for b in flow.cut)
+        )
 
-    def _whole_topics(self) -> bool:
+    def _whole_topics(self, entity: str, topics: set[str]) -> bool:
         assert self.source is not None
-        total = self.partitions_total()
-        held = len(self.source.assignment)
+        counts = self.source.partition_counts
+        total = sum(counts.get(t, 0) for t in topics) if topics <= counts.keys() else None
+        held = sum(1 for tp in self.source.assignment if tp[0] in topics)
         if total is not None and held >= total:
             return True
-        if not self._told_partial:
-            self._told_partial = True
+        if entity not in self._told_partial:
+            self._told_partial.add(entity)
             log.error(
-                "initial load caught up, but this member holds %d of %s partitions: another "
-                "member of the group reads the rest, so no member can know when the load "
-                "ends; it is not closed (isLastBatch stays false). Run a single replica for "
-                "an initial load; it closes the load when it catches up holding them all",
+                "initial load of %s caught up, but this member holds %d of %s partitions of "
+                "its topics: another member of the group reads the rest, so no member can "
+                "know when the load ends; it is not closed (isLastBatch stays false). Run a "
+                "single replica for an initial load; it closes the load when it catches up "
+                "holding them all",
+                entity,
                 held,
                 total if total is not None else "an unknown number of",
             )

@@ -53,9 +53,9 @@ class Pipeline:
         self.health = health or Health.for_settings(settings)
         self.tracker = OffsetTracker()
         self.registry = registry_for(settings)  # None: values are JSON
-        self.shaper = Shaper(
-            settings.clari_exclude_attributes,
-            decode=self.registry.decode if self.registry is not None else None,
+        self.shaper = Shaper.for_settings(
+            settings,
+            self.registry.decode if self.registry is not None else None,
             contract=settings.clari_template != "manual",  # Clari's id, createdAt, updatedAt
         )
         self.builder = EndpointBuilder(settings)
@@ -74,7 +74,7 @@ class Pipeline:
         )  # fmt: skip
         self.last_batch = LastBatch(
             settings.is_last_batch, settings.initial_load, self.batcher, self.flow,
-            self.tracker, lambda: self.rate.partitions_total,
+            self.tracker, lambda topic: self.builder.routes.for_topic(topic).path,
         )  # fmt: skip
         self.flow.active = self.active = settings.active
         self._stop = asyncio.Event()
@@ -124,6 +124,7 @@ class Pipeline:
         self.source = KafkaSource(self.s, self._on_kafka_error)
         self.committer = Committer(self.source, self.tracker, self.metrics, self.health)
         self.last_batch.source = self.source
+        self.source.keep_positions = self.last_batch.initial_load
         self.source.pause_new = not self.active
         s = self.s
         async with self.http as http:
@@ -164,6 +165,7 @@ class Pipeline:
                 self.flow.flushing = False  # more came: batches fill again
             await self.rebalance.refresh_share()  # before a call of a new assignment
             self.intake.handle(msgs)
+            self.source.settle_positions()
             if self._fatal is not None:
                 return
             self.flow.pump()
@@ -217,7 +219,7 @@ class Pipeline:
     def _prepare(self, batch: Batch) -> None:
         """What depends on the moment a batch is sent."""
         self.metrics.batch_records.observe(batch.count)
-        batch.is_last = self.last_batch.now()
+        batch.is_last = self.last_batch.now(batch)
         batch.covers = batch.covered()
 
     def _finished(self, batch: Batch, task: asyncio.Task[None]) -> None:

@@ -406,6 +406,8 @@ async def get_stats(request: web.Request) -> web.Response:
         {
             "counters": state.counters,
             "records": len(state.records),
+            "recordsByEntity": dict(state.by_entity),
+            "recordsBySourceEntity": dict(state.by_source_entity),
             "jobs": {jid: _settle(state, j) for jid, j in state.jobs.items()},
             "firstRequestAt": state.first_request or None,
             "firstAcceptAt": state.first_accept or None,

@@ -95,3 +95,28 @@ def test_a_restart_closes_the_load_left_open(kafka: str, emulator: Emulator, log
     assert close is max(calls, key=lambda c: c["time"])
     assert all(c["status"] == 200 for c in calls)
     assert {r["record"]["id"] for r in emulator.records("account")} == {r["id"] for r in sent}
+
+
+def test_each_entity_of_one_sink_closes_its_own_load_once(
+    kafka: str, emulator: Emulator, logs: Path
+) -> None:
+    """Two topics, two entities, one sink: each entity's load is closed by its own last
+    call, after that entity's other calls, whatever the other entity is doing."""
+    accounts = [crm_record("account", i) for i in range(1_500)]
+    opportunities = [crm_record("opportunity", i) for i in range(900)]
+    t_acc = seeded_topic(kafka, accounts, partitions=3)
+    t_opp = seeded_topic(kafka, opportunities, partitions=2)
+    emulator.state.faults.latency_ms = 200
+    run_sink(
+        kafka, emulator, logs, f"{t_acc},{t_opp}", CLARI_MODE="Full",
+        CLARI_TOPIC_ENTITIES=f"{t_acc}:Account,{t_opp}:Opportunity",
+    )  # fmt: skip
+    calls = emulator.api_requests()
+    assert all(c["status"] == 200 for c in calls)
+    for entity, sent in (("account", accounts), ("opportunity", opportunities)):
+        mine = [c for c in calls if c["path"].endswith(f"/{entity}")]
+        (close,) = _closing(mine)
+        assert close["time"] >= max(c["answered"] for c in mine if c is not close)
+        assert close is max(mine, key=lambda c: c["time"])
+        assert {r["record"]["id"] for r in emulator.records(entity)} == {r["id"] for r in sent}
+    assert emulator.state.initial_done == {"account", "opportunity"}

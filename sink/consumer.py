@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -24,9 +25,14 @@ from confluent_kafka import (
 )
 
 from sink.config import Settings
+from sink.health import Health
 
 log = logging.getLogger(__name__)
 TP = tuple[str, int]
+# The errors that say a broker cannot be reached: the state goes to /readyz and to the
+# log as one outage (sink/outage.py), each error only to DEBUG. librdkafka reports one
+# per connection attempt of every client, some 40 a second while the broker is away.
+UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
 
 # librdkafka's defaults prefetch up to 64 MB and, once that queue is full, wait a whole
 # second (fetch.queue.backoff.ms) before fetching again. A small queue refilled at once
@@ -63,6 +69,34 @@ def consumer_config(
     if not group:
         conf["group.id"] = f"{settings.kafka_group_id}.sample"
     return conf
+
+
+def kafka_error_handler(
+    health: Health, on_fatal: Callable[[str], None]
+) -> Callable[[KafkaError], None]:
+    """The consumer's ``error_cb`` (called on the kafka thread)."""
+
+    def on_error(err: KafkaError) -> None:
+        if err.code() in UNREACHABLE:
+            health.fail("kafka", err.str())
+            log.debug("kafka: %s", err)
+            return
+        log.warning("kafka: %s", err)
+        if err.fatal():
+            on_fatal(f"fatal Kafka error: {err}")
+
+    return on_error
+
+
+def close_within(consumer: Consumer, timeout_s: float) -> bool:
+    """``consumer.close()`` on a thread of its own, waited for ``timeout_s`` at most:
+    close() waits for the broker (to commit, to leave the group) as long as it takes.
+    False if it was given up: the thread is left blocked, and the process may exit
+    without it (it is a daemon)."""
+    closer = threading.Thread(target=consumer.close, name="kafka-close", daemon=True)
+    closer.start()
+    closer.join(timeout_s)
+    return not closer.is_alive()
 
 
 class KafkaSource:
@@ -204,10 +238,27 @@ class KafkaSource:
         while self.mid_rebalance and time.monotonic() < deadline:
             await self.consume(100, 0.2)  # paused: serves callbacks, returns no records
 
-    async def close(self, timeout_s: float = 10) -> None:
-        await self._call(self._leave, timeout_s)
-        await self._call(self._consumer.close)
+    async def close(self, timeout_s: float = 10) -> bool:
+        """Leave the group and close the consumer within ``timeout_s``. False if that
+        could not be done in time (the broker away): the consumer and its thread are
+        then left as they are, for the process to exit without them; the group sees the
+        member go when its session times out."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            await asyncio.wait_for(self._call(self._leave, min(10.0, timeout_s)), timeout_s)
+            # close() itself is not bounded: give up waiting for it, not the wait.
+            left = max(0.0, deadline - time.monotonic())
+            await asyncio.wait_for(self._call(self._consumer.close), left)
+        except TimeoutError:
+            log.error(
+                "the Kafka consumer did not close within %.1f s (broker unreachable?): "
+                "given up; the group will reassign its partitions after the session timeout",
+                timeout_s,
+            )
+            self._thread.shutdown(wait=False)
+            return False
         self._thread.shutdown(wait=True)
+        return True
 
     def _leave(self, timeout_s: float) -> None:
         """Leave the group before closing: close() can hang for good when a rebalance

@@ -45,6 +45,9 @@ FETCH_TUNING: dict[str, Any] = {
     "max.partition.fetch.bytes": 512 * 1024,
 }
 RebalanceHook = Callable[[list[TP]], None]
+PROBE_EVERY_S = 2.0
+COMMIT_WAIT_S = 5.0
+PROBE_TIMEOUT_S = 1.0
 
 
 def consumer_config(
@@ -100,11 +103,19 @@ def close_within(consumer: Consumer, timeout_s: float) -> bool:
 
 
 class KafkaSource:
-    def __init__(self, settings: Settings, error_cb: Callable[[KafkaError], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        error_cb: Callable[[KafkaError], None],
+        health: Health | None = None,
+    ) -> None:
         self.settings = settings
+        self.health = health  # its "kafka" state: commits wait while the broker is away
+        self._next_probe = 0.0
         self.cooperative = settings.kafka_assignment_strategy == "cooperative-sticky"
         self._consumer = Consumer(consumer_config(settings, error_cb))
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka")
+        self._commit_pending: asyncio.Future[None] | None = None
         self.assignment: set[TP] = set()
         self.paused: set[TP] = set()
         self.pause_new = False  # pause partitions as soon as they are assigned (inactive)
@@ -155,7 +166,24 @@ class KafkaSource:
 
     async def consume(self, max_messages: int, timeout_s: float) -> list[Message]:
         msgs: list[Message] = await self._call(self._consumer.consume, max_messages, timeout_s)
+        if self.health is not None and self.health.down("kafka"):
+            await self._probe()
         return msgs
+
+    async def _probe(self) -> None:
+        """While the broker is unreachable, ask it for metadata every PROBE_EVERY_S: the
+        outage ends when it answers, even with no record to consume and none to commit
+        (those end it too, in sink/intake.py and sink/committer.py)."""
+        now = time.monotonic()
+        if now < self._next_probe or self.health is None:
+            return
+        self._next_probe = now + PROBE_EVERY_S
+        try:
+            await self._call(self._consumer.list_topics, timeout=PROBE_TIMEOUT_S)
+        except KafkaException as exc:
+            log.debug("kafka still unreachable: %s", exc)
+            return
+        self.health.clear("kafka")
 
     def commit_now(self, positions: dict[TP, int]) -> None:
         """Synchronous commit, for the kafka thread itself (rebalance callbacks)."""
@@ -163,7 +191,30 @@ class KafkaSource:
             self._consumer.commit(offsets=_tps(positions), asynchronous=False)
 
     async def commit(self, positions: dict[TP, int]) -> None:
-        await self._call(self.commit_now, positions)
+        """Commit ``positions``, waiting COMMIT_WAIT_S at most (KafkaException if not
+        done by then: the caller commits again later).
+
+        A synchronous commit waits for the group coordinator as long as it takes (45 s
+        here, the session timeout, when the broker stopped under it), and every consumer
+        call waits behind it, from any thread: consume(), and with it the error callback
+        that tells the broker is gone. So a commit that gets no answer in time says the
+        broker is unreachable (on /readyz and in the log, at once), and no other is
+        tried until the broker answers again (see _probe). Offsets only grow, and a
+        commit still waiting keeps the next from being issued: none lands out of order."""
+        if self.health is not None and self.health.down("kafka"):
+            raise _deferred("the broker is unreachable")
+        if self._commit_pending is not None and not self._commit_pending.done():
+            raise _deferred("the previous commit still waits for the broker")
+        pending = asyncio.ensure_future(self._call(self.commit_now, positions))
+        self._commit_pending = pending
+        pending.add_done_callback(_quiet)  # its outcome may come after it was given up
+        try:
+            await asyncio.wait_for(asyncio.shield(pending), COMMIT_WAIT_S)
+        except TimeoutError:
+            why = f"an offset commit got no answer within {COMMIT_WAIT_S:g} s"
+            if self.health is not None:
+                self.health.fail("kafka", why)
+            raise _deferred(why) from None
 
     async def pause(self, tps: Iterable[TP]) -> None:
         todo = [tp for tp in tps if tp in self.assignment and tp not in self.paused]
@@ -278,6 +329,17 @@ class KafkaSource:
                 consumer.consume(100, 0.1)  # serves the revocation
         except KafkaException as exc:
             log.warning("leaving the consumer group before closing: %s", exc)
+
+
+def _quiet(done: asyncio.Future[None]) -> None:
+    """Retrieve the outcome of a commit no one waits for any more (asyncio would log it
+    as never retrieved); committing again later covers it."""
+    if not done.cancelled() and (exc := done.exception()) is not None:
+        log.debug("a commit given up ended: %s", exc)
+
+
+def _deferred(why: str) -> KafkaException:
+    return KafkaException(KafkaError(KafkaError._TRANSPORT, f"commit deferred: {why}"))
 
 
 def _tps(positions: dict[TP, int]) -> list[TopicPartition]:

@@ -124,7 +124,8 @@ class Pipeline:
             health=self.health,
         )
         self.rejects.reporter = reporter
-        self.source = KafkaSource(self.s, kafka_error_handler(self.health, self._fail_soon))
+        on_error = kafka_error_handler(self.health, self._fail_soon)
+        self.source = KafkaSource(self.s, on_error, self.health)
         self.committer = Committer(self.source, self.tracker, self.metrics, self.health)
         self.last_batch.source = self.source
         self.source.pause_new = not self.active

@@ -151,6 +151,10 @@ async def shut_down(p: Pipeline, producer: AsyncProducer, clock: StopClock) -> b
         )
     if p._fatal is None:
         clean &= await within(p.commit(), clock, "the final offset commit")
+        owned = p.source.assignment
+        if any(tp in owned for tp in p.tracker.committable()):
+            log.error("the final offset commit failed: those records will be consumed again")
+            clean = False
     p.update_gauges()
     if p.source.mid_rebalance and clock.left() > 0:
         clean &= await within(

@@ -237,7 +237,10 @@ class KafkaSource:
             try:
                 topics = self._consumer.list_topics(timeout=5).topics
             except KafkaException as exc:
-                log.warning("reading topic metadata: %s", exc)
+                away = self.health is not None and self.health.down("kafka")
+                log.log(
+                    logging.DEBUG if away else logging.WARNING, "reading topic metadata: %s", exc
+                )
                 return None
             wanted = self.settings.kafka_topics
             return sum(len(topics[t].partitions) for t in wanted if t in topics) or None

@@ -110,13 +110,10 @@ async def run_until_stopped(
         stopped.cancel()
 
 
-async def within(
-    step: Awaitable[object], clock: StopClock, what: str, reserve_s: float = 0
-) -> bool:
-    """Await ``step`` until the deadline (less ``reserve_s``); False if it was given up."""
-    left = clock.left() - reserve_s
+async def within(step: Awaitable[object], clock: StopClock, what: str) -> bool:
+    """Await ``step`` until the deadline; False if it was given up."""
     try:
-        await asyncio.wait_for(step, timeout=max(0.0, left))
+        await asyncio.wait_for(step, timeout=clock.left())
     except TimeoutError:
         log.error(
             "%s did not finish within SINK_SHUTDOWN_TIMEOUT_S=%s s: given up",
@@ -150,10 +147,11 @@ async def shut_down(p: Pipeline, producer: AsyncProducer, clock: StopClock) -> b
             len(abandoned),
         )
     if p._fatal is None:
-        clean &= await within(p.commit(), clock, "the final offset commit")
-        owned = p.source.assignment
-        if any(tp in owned for tp in p.tracker.committable()):
-            log.error("the final offset commit failed: those records will be consumed again")
+        if not await within(p.commit(), clock, "the final offset commit"):
+            clean = False
+        elif any(tp in p.source.assignment for tp in p.tracker.committable()):
+            # (the committer said why, at WARNING, or at DEBUG with the broker away)
+            log.error("the final offset commit was not made: those records will be consumed again")
             clean = False
     p.update_gauges()
     if p.source.mid_rebalance and clock.left() > 0:

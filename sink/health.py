@@ -23,7 +23,7 @@ OUTAGES = {
     "kafka": Wording("Kafka broker", "unreachable", "reachable again"),
     "api": Wording("Clari API", "failing", "answering again"),
     "auth": Wording("Clari API credential", "rejected", "accepted again"),
-    "schema-registry": Wording("Schema registry", "unavailable", "available again"),
+    "schema-registry": Wording("schema registry", "unavailable", "available again"),
 }
 
 

@@ -119,8 +119,8 @@ def test_health_names_where_each_dependency_is_without_secrets(
     assert TOKEN not in text
     assert "Clari API failing (https://clari.example.com:8443): HTTP 401 echoing ***" in text
     assert "Kafka broker unreachable (b1:9092,b2:9092): Connection refused" in text
-    assert "Schema registry unavailable (https://registry.example.com): HTTP 503" in text
-    assert "Schema registry available again (https://registry.example.com) after" in text
+    assert "schema registry unavailable (https://registry.example.com): HTTP 503" in text
+    assert "schema registry available again (https://registry.example.com) after" in text
     assert len(caplog.records) == 4
     assert health.down("kafka") and not health.down("schema-registry")
     assert set(health.problems()) == {"api", "kafka"}

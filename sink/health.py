@@ -90,9 +90,13 @@ class Health:
         return not self._problems
 
     def problems(self) -> dict[str, dict[str, object]]:
-        return {
-            name: {"message": p.message, "since": p.since} for name, p in self._problems.items()
-        }
+        out: dict[str, dict[str, object]] = {}
+        for name, p in self._problems.items():
+            out[name] = {"message": p.message, "since": p.since}
+            outage = self.outages.get(name)
+            if outage is not None and outage.down:
+                out[name]["failures"] = outage.failures  # since it started
+        return out
 
 
 def _origin(url: str) -> str:

@@ -137,7 +137,7 @@ def test_a_broker_outage_is_logged_once_and_delivery_resumes_with_nothing_lost(
     assert len(gone) == 1 and kafka in gone[0], shown
     assert len(back) == 1 and re.search(r"after \d+ s", back[0]), shown
     assert not [x for x in lines if "_TRANSPORT" in x or " FAIL " in x], shown
-    assert problem["message"] and problem["since"]
+    assert problem["message"] and problem["since"] and problem["failures"] >= 1
 
 
 def test_sigterm_with_the_broker_stopped_exits_within_the_shutdown_timeout(

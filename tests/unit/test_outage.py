@@ -124,6 +124,7 @@ def test_health_names_where_each_dependency_is_without_secrets(
     assert len(caplog.records) == 4
     assert health.down("kafka") and not health.down("schema-registry")
     assert set(health.problems()) == {"api", "kafka"}
+    assert health.problems()["kafka"]["failures"] == 1
 
 
 def test_librdkafka_connection_failures_go_to_debug(caplog: pytest.LogCaptureFixture) -> None:

@@ -86,14 +86,7 @@ def test_a_broker_outage_is_logged_once_and_delivery_resumes_with_nothing_lost(
     emulator.state.faults.latency_ms = 50  # calls in flight when the broker goes
     port = free_port()
     # A short session: the coordinator, back, forgets the member in 6 s, not 45.
-    env = sink_env(
-        kafka,
-        emulator,
-        topic,
-        ADMIN_PORT=port,
-        KAFKA_SESSION_TIMEOUT_MS=6_000,
-        KAFKA_MAX_POLL_INTERVAL_MS=10_000,
-    )
+    env = sink_env(kafka, emulator, topic, ADMIN_PORT=port, KAFKA_SESSION_TIMEOUT_MS=6_000)
     sink = SinkProcess(env, log_dir=logs).start()
     assert sink.proc is not None
     wait_until(lambda: len(emulator.records()) > 500, 30, what="delivery under way")

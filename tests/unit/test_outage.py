@@ -135,6 +135,7 @@ def test_librdkafka_connection_failures_go_to_debug(caplog: pytest.LogCaptureFix
         caplog.set_level(logging.INFO, logger="librdkafka")
         fail = ("FAIL", "clari-sink#consumer-1", "Connect to ipv4#127.0.0.1:9092 failed")
         logger.log(logging.ERROR, "%s [%s] %s", *fail)
+        logger.log(logging.WARNING, "%s [%s] %s", "METADATAUPDATE", "c", "leader-1 not found")
         logger.log(logging.WARNING, "%s [%s] %s", "SESSTMOUT", "c", "session timed out")
         assert [r.getMessage() for r in caplog.records] == ["SESSTMOUT [c] session timed out"]
         caplog.clear()

@@ -132,11 +132,16 @@ async def shut_down(p: Pipeline, producer: AsyncProducer, clock: StopClock) -> b
     # Deliveries get the deadline less a reserve for the commit and the clients' close,
     # which, with a reachable broker, take well under a second.
     reserve = min(5.0, clock.timeout_s / 4)
+    drain_s = max(0.0, clock.left() - reserve)
+    # A delivery that ends frees its lane, and the flow starts the next batch: once the
+    # deliveries are given up, none may start (seen: calls made after the stop, failing
+    # as the HTTP session closed under them). Just before the drain ends, not after.
+    loop = asyncio.get_running_loop()
+    no_more = loop.call_later(max(0.0, drain_s - 0.01), setattr, p.flow, "active", False)
     abandoned = await p.flow.finish(
-        time.monotonic() + max(0.0, clock.left() - reserve),
-        p.rejects.tasks,
-        lambda: p._fatal is not None,
+        time.monotonic() + drain_s, p.rejects.tasks, lambda: p._fatal is not None
     )
+    no_more.cancel()  # (finished early: nothing left to start)
     if p.delivery is not None and p.delivery.replayer is not None:
         p.delivery.replayer.stopping.set()  # a read-back still running ends now
     clean = not abandoned

@@ -148,6 +148,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             text = str(value).lower() if isinstance(value, bool) else str(value)
         print(f"{info.alias or name}={masker.text(text)}")
     print(f"# wire mode: {settings.wire_mode}; content format: {settings.content_format}")
+    if settings.clari_template != "manual":
+        print(f"# isLastBatch: {settings.is_last_batch} ({settings.is_last_batch_reason})")
     return 0
 
 

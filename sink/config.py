@@ -183,8 +183,9 @@ class Settings(BaseSettings):
     clari_entity_type: str | None = Field(None, alias="CLARI_ENTITY_TYPE")
     clari_mode: str | None = Field(None, alias="CLARI_MODE")
     clari_raw_mode: str | None = Field(None, alias="CLARI_RAW_MODE")
-    clari_is_last_batch: Literal["true", "false", "auto"] = Field(
-        "true", alias="CLARI_IS_LAST_BATCH"
+    # None (unset): resolved by mode, see is_last_batch.
+    clari_is_last_batch: Literal["true", "false", "auto"] | None = Field(
+        None, alias="CLARI_IS_LAST_BATCH"
     )
     clari_source_entity: str | None = Field(None, alias="CLARI_SOURCE_ENTITY")
     clari_auth_style: Literal["apikey", "bearer", "none"] = Field(
@@ -236,6 +237,11 @@ class Settings(BaseSettings):
     # 1 for Ingest Bulk Entities (each call is a job of up to 10 MB), else
     # 4 x HTTP_MAX_IN_FLIGHT (so that few active keys share a lane), at most 256.
     key_lanes: int | None = Field(None, ge=1, le=4_096, alias="SINK_KEY_LANES")
+    # What keeps its order: key (records of a message key reach the API in offset
+    # order) or id (records of a record id, CLARI_ID_FIELD: what Clari's state depends on,
+    # for topics whose key is coarser than the record, such as activities keyed by
+    # account, where one hot key would otherwise have one call in flight).
+    order_by: Literal["key", "id"] = Field("key", alias="SINK_ORDER_BY")
     # 0: retry transient failures until they clear; an outage must not empty a topic into
     # the dead-letter topic. A limit trades that for never blocking on one batch.
     retry_max_attempts: int = Field(0, ge=0, alias="RETRY_MAX_ATTEMPTS")
@@ -346,6 +352,7 @@ class Settings(BaseSettings):
         "kafka_assignment_strategy",
         "log_format",
         "http_rate_sharing",
+        "order_by",
         mode="before",
     )
     @classmethod
@@ -548,6 +555,8 @@ class Settings(BaseSettings):
                         f"'{topic}' is also in KAFKA_TOPICS: the sink would consume "
                         "what it writes, without end",
                     )
+        if ok("order_by", "clari_id_field") and self.order_by == "id" and not self.clari_id_field:
+            add("SINK_ORDER_BY", "id needs CLARI_ID_FIELD (the field that holds a record's id)")
         if ok("kafka_topics") and _REQUIRE_TOPICS.get() and not self.kafka_topics:
             add("KAFKA_TOPICS", "required (comma-separated topic names)")
         problems += self._transport_problems(ok)
@@ -607,6 +616,13 @@ class Settings(BaseSettings):
                 "INSECURE: SCHEMA_REGISTRY_ALLOW_INSECURE_HTTP=true: SCHEMA_REGISTRY_URL is "
                 f"plain http:// to {host}; its credentials and schemas travel unencrypted"
             )
+        if self.initial_load and self.clari_is_last_batch == "true":
+            lines.append(
+                f"CLARI_IS_LAST_BATCH=true with mode {self.mode_label} (mode=initial): every "
+                "call says it is the load's last, so Clari ends the initial load at the first "
+                "call and refuses the calls after it (400, dead-lettered); unset it (auto) to "
+                "close the load once, after everything else landed"
+            )
         hosts = self._insecure_sasl_hosts()
         if hosts and self.kafka_allow_insecure_sasl:
             lines.append(
@@ -649,6 +665,33 @@ class Settings(BaseSettings):
         if self.clari_raw_mode:
             return self.clari_raw_mode
         return TEMPLATE_MODES.get(self.clari_template, {}).get(self.mode_label, self.mode_label)
+
+    @property
+    def initial_load(self) -> bool:
+        """Calls go with ``mode=initial``: Clari ends the load at the first call with
+        isLastBatch=true and refuses ``initial`` after that."""
+        return self.clari_template != "manual" and self.wire_mode.lower() == "initial"
+
+    @property
+    def is_last_batch(self) -> Literal["true", "false", "auto"]:
+        """CLARI_IS_LAST_BATCH as applied: unset means ``auto`` for an initial load (a
+        ``true`` on every call would end the load at its first call) and ``true``, the
+        product's default, otherwise."""
+        if self.clari_is_last_batch is not None:
+            return self.clari_is_last_batch
+        return "auto" if self.initial_load else "true"
+
+    @property
+    def is_last_batch_reason(self) -> str:
+        if self.clari_is_last_batch is not None:
+            return "set by CLARI_IS_LAST_BATCH"
+        if self.initial_load:
+            return (
+                f"unset, mode {self.mode_label} sends mode=initial: the load is closed once, "
+                "by the call that catches up with every partition after all earlier calls "
+                "were answered"
+            )
+        return "unset: the product's default for incremental calls"
 
     @property
     def source_entity(self) -> str:

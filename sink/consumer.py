@@ -256,6 +256,15 @@ class KafkaSource:
             return None
         return None if high < 0 else int(high)
 
+    def position(self, tp: TP) -> int | None:
+        """The offset the consumer reads next from ``tp`` (local, no broker round trip);
+        None before its fetch position is known."""
+        try:
+            (part,) = self._consumer.position([TopicPartition(*tp)])
+        except KafkaException:
+            return None
+        return None if part.offset < 0 else int(part.offset)
+
     async def end_offsets(self, tps: list[TP]) -> dict[TP, tuple[int, int]]:
         def query() -> dict[TP, tuple[int, int]]:
             out: dict[TP, tuple[int, int]] = {}

@@ -184,8 +184,10 @@ class Delivery:
         on_pushback: Callable[[], None] = lambda: None,
         on_success: Callable[[], None] = lambda: None,
         replayer: Replayer | None = None,
+        on_accepted: Callable[[Batch], None] = lambda batch: None,
     ) -> None:
         self.s = settings
+        self.on_accepted = on_accepted  # sink/last_batch.py: an initial load closed
         self.http = http
         self.builder = builder
         self.reporter = reporter
@@ -454,6 +456,7 @@ class Delivery:
 
     def _delivered(self, batch: Batch) -> None:
         self.metrics.delivered.inc(batch.size)
+        self.on_accepted(batch)
 
     async def _unpark(self, batch: Batch) -> None:
         if batch.parked is not None:

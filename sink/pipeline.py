@@ -73,8 +73,9 @@ class Pipeline:
             self.health,
         )  # fmt: skip
         self.last_batch = LastBatch(
-            settings.clari_is_last_batch, self.batcher, self.flow, self.tracker
-        )
+            settings.is_last_batch, settings.initial_load, self.batcher, self.flow,
+            self.tracker, lambda: self.rate.partitions_total,
+        )  # fmt: skip
         self.flow.active = self.active = settings.active
         self._stop = asyncio.Event()
         self.stop_clock = StopClock(settings.shutdown_timeout_s)
@@ -134,7 +135,7 @@ class Pipeline:
             self.delivery = Delivery(
                 s, http, self.builder, reporter, self.metrics, self.health,
                 on_pushback=self.limit.pushback, on_success=self.limit.success,
-                replayer=Replayer(s, self.shaper),
+                replayer=Replayer(s, self.shaper), on_accepted=self.last_batch.accepted,
             )  # fmt: skip
             self.rebalance = Rebalance(
                 self.source, self._loop, self.tracker, self.batcher, self.flow, self.rejects,
@@ -166,11 +167,11 @@ class Pipeline:
                 msgs = await with_schemas(self.registry, self.source, msgs, self.health, self._stop)
             if msgs:
                 self.flow.flushing = False  # more came: batches fill again
+            await self.rebalance.refresh_share()  # before a call of a new assignment
             self.intake.handle(msgs)
             if self._fatal is not None:
                 return
             self.flow.pump()
-            await self.rebalance.refresh_share()
             await self._apply_backpressure()
             now = time.monotonic()
             if now >= next_commit:
@@ -188,10 +189,6 @@ class Pipeline:
         if deadline is None:
             return IDLE_POLL_S
         return min(IDLE_POLL_S, max(0.005, deadline - time.monotonic()))
-
-    @property
-    def consumed(self) -> int:
-        return self.intake.consumed
 
     def _fail(self, exc: BaseException) -> None:
         self._fatal = exc

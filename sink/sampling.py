@@ -87,7 +87,9 @@ def sample_requests(
         except RecordError as exc:
             rejected.append((record, str(exc)))
     batches.extend(batcher.flush())
-    is_last = settings.clari_is_last_batch != "false"
+    # Under auto only the call that ends a load says true; a sample (or test-send: a real
+    # call) must never end the user's initial load.
+    is_last = settings.is_last_batch == "true"
     return [builder.build(b, is_last) for b in batches], rejected
 
 
@@ -165,7 +167,7 @@ async def test_send(settings: Settings, body: bytes | None, limit: int) -> int:
     if requests:
         req = requests[0]
     else:
-        req = builder.build(Batch(id="test", group=""), settings.clari_is_last_batch != "false")
+        req = builder.build(Batch(id="test", group=""), settings.is_last_batch == "true")
     if body is not None:
         req.body = body
     async with HttpClient(settings.http_timeout_s, settings.http_rate_limit, 1) as http:

@@ -169,7 +169,7 @@ async def shut_down(p: Pipeline, producer: AsyncProducer, clock: StopClock) -> b
     log.info(
         "sink stopped%s",
         "" if clean else " (not cleanly: see above)",
-        extra={"consumed": p.consumed},
+        extra={"consumed": p.intake.consumed},
     )
     return clean
 

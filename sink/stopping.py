@@ -141,7 +141,11 @@ async def shut_down(p: Pipeline, producer: AsyncProducer, clock: StopClock) -> b
     abandoned = await p.flow.finish(
         time.monotonic() + drain_s, p.rejects.tasks, lambda: p._fatal is not None
     )
-    no_more.cancel()  # (finished early: nothing left to start)
+    no_more.cancel()
+    # Nothing more is sent, whatever comes: the revocation served as the consumer leaves
+    # the group would send what the partitions still buffer and wait for it (30 s seen
+    # after a fatal error).
+    p.flow.active = False
     if p.delivery is not None and p.delivery.replayer is not None:
         p.delivery.replayer.stopping.set()  # a read-back still running ends now
     clean = not abandoned

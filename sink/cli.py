@@ -22,6 +22,9 @@ from sink.logs import setup_logging
 from sink.masking import MASK
 
 log = logging.getLogger("sink")
+# Exit codes of `clari-sink run` (README, "Stopping"): 0 stopped cleanly (or drained),
+# 1 a fatal error, 2 invalid settings, 3 stopped, but something was given up at
+# SINK_SHUTDOWN_TIMEOUT_S (sink/stopping.py).
 EXIT_BAD_SETTINGS = 2
 
 
@@ -65,9 +68,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from sink.admin import start_admin
     from sink.pipeline import Pipeline
+    from sink.stopping import exit_now
 
     async def main() -> int:
         pipeline = Pipeline(settings)
+        pipeline.stop_clock.watchdog = True  # this process may be ended by it
         runtime.tune_gc()  # after the imports: they are what it freezes
         try:
             for line in await asyncio.to_thread(pipeline.check_kafka_config):
@@ -91,10 +96,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                       f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
                 return EXIT_BAD_SETTINGS
         try:
-            return await pipeline.run(until_drained=args.until_drained)
+            code = await pipeline.run(until_drained=args.until_drained)
         finally:
             if runner is not None:
                 await runner.cleanup()
+        if not pipeline.stopped_cleanly:
+            # A thread may still be blocked in librdkafka: the interpreter would wait
+            # for it at exit. The stop has done what it could; leave now.
+            exit_now(code)
+        return code
 
     return asyncio.run(main())
 

@@ -399,7 +399,9 @@ class Delivery:
             wait = self.backoff.delay(
                 max(attempt, 1) if verdict is Verdict.RETRY else 30, retry_after
             )
-            log.warning(
+            # Detail: the API's state is logged once per outage (sink/outage.py, through
+            # health.fail above), not once per call of every lane.
+            log.debug(
                 "batch %s: %s, retrying in %.2fs (call %d)",
                 batch.id,
                 res.status or self.builder.mask_text(res.error or ""),

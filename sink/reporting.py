@@ -332,7 +332,9 @@ class Reporter:
                 )
             else:
                 self._health.fail("output-topics", str(err))
-                log.error(
+                # With the broker away, its outage is what the log tells (sink/outage.py).
+                log.log(
+                    logging.DEBUG if self._health.down("kafka") else logging.ERROR,
                     "cannot write to topic '%s'; the affected offsets stay uncommitted "
                     "and the write is retried in %.1fs: %s",
                     topic,

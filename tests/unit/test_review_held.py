@@ -124,8 +124,8 @@ async def test_a_held_closing_call_does_not_crash_pump_with_a_merged_call_behind
     `one lane to queue in` assertion crashed the sink."""
     sink = Sink({"a": 1, "b": 1}, lanes=2)
     lane = sink.batcher.lane_of
-    ka = [k for k in (f"k{i}" for i in range(50)) if lane("a", 0, k.encode(), 0)[2] == 0][0]
-    kb = [k for k in (f"k{i}" for i in range(50)) if lane("a", 0, k.encode(), 0)[2] == 1][0]
+    ka = next(k for k in (f"k{i}" for i in range(50)) if lane("a", 0, k.encode(), 0)[2] == 0)
+    kb = next(k for k in (f"k{i}" for i in range(50)) if lane("a", 0, k.encode(), 0)[2] == 1)
     sink.feed([msg("a", 0, 0, ka)])
     sink.flow.pump()  # a's first call, in flight
     await settle()

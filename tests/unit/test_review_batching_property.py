@@ -144,9 +144,12 @@ def test_batcher_random_sequences_keep_counters_order_and_records(
                 value = b'"' + b"x" * (size - 2) + b'"' if size >= 2 else b"1"
                 ms.append(
                     Message(
-                        topic=topic, partition=partition, offset=offset,
-                        key=None if key is None else key.encode(), value=value,
-                    )  # fmt: skip
+                        topic=topic,
+                        partition=partition,
+                        offset=offset,
+                        key=None if key is None else key.encode(),
+                        value=value,
+                    )
                 )
                 rids.append(rid)
                 info[(topic, partition, offset)] = (key, rid)
@@ -157,7 +160,7 @@ def test_batcher_random_sequences_keep_counters_order_and_records(
             queue(closed)
         elif op == "due":
             seed, limit = args
-            calls = b.due(lambda lane: idle(lane) and (hash((seed, lane)) % 3 != 0), limit)
+            calls = b.due(lambda lane, seed=seed: idle(lane) and hash((seed, lane)) % 3 != 0, limit)
             if limit is not None:
                 assert len(calls) <= limit
             for call in calls:

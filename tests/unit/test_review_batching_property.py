@@ -64,7 +64,11 @@ step = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(__import__("os").environ.get("REVIEW_EXAMPLES", "400")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     lanes=st.sampled_from([1, 2, 4]),
     max_records=st.integers(1, 6),

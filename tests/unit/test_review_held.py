@@ -153,3 +153,16 @@ async def test_a_held_closing_call_does_not_block_another_entitys_calls() -> Non
     assert [b.lanes[0][0] for b in sink.api.started] == ["a", "b"]
     await drive(sink)
     assert sink.tracker.unresolved() == 0
+
+
+async def test_a_revoke_drops_only_the_held_closing_call_of_its_partitions() -> None:
+    sink = Sink({"a": 2, "b": 2})
+    sink.feed([msg("a", 0, 0, "k"), msg("a", 1, 0, "k"), msg("b", 0, 0, "k"), msg("b", 1, 0, "k")])
+    sink.flow.pump()
+    await settle()
+    assert sorted(b.lanes[0][0] for b in sink.flow.held) == ["a", "b"]
+    (held_a,) = [b for b in sink.flow.held if b.lanes[0][0] == "a"]
+    sink.flow.drop({held_a.lanes[0][:2]})
+    assert [b.lanes[0][0] for b in sink.flow.held] == ["b"]
+    assert held_a.lanes[0] not in sink.flow.busy
+    assert sink.flow.held_bytes() >= sink.flow.held[0].nbytes and sink.flow.waiting_work()

@@ -66,7 +66,7 @@ step = st.one_of(
 
 
 @settings(
-    max_examples=int(__import__("os").environ.get("REVIEW_EXAMPLES", "400")),
+    max_examples=400,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

@@ -594,14 +594,12 @@ def _one_run_each(msgs: list[Message], offsets: Offsets) -> bool:
     first and last messages sit where the run's length puts them (the offsets of a
     partition ascend and are unique, so nothing else can sit between)."""
     start = 0
-    for (_topic, partition), offs in offsets.items():
+    for tp, offs in offsets.items():
         first, last = msgs[start], msgs[start + len(offs) - 1]
-        if (first.partition(), first.offset(), last.partition(), last.offset()) != (
-            partition,
-            offs[0],
-            partition,
-            offs[-1],
-        ):
+        # The topic too: two topics' partitions of one number may interleave in a poll.
+        head = (first.topic(), first.partition(), first.offset())
+        tail = (last.topic(), last.partition(), last.offset())
+        if head != (*tp, offs[0]) or tail != (*tp, offs[-1]):
             return False
         start += len(offs)
     return True

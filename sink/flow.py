@@ -132,8 +132,10 @@ class Dispatcher:
         self.cut: deque[Batch] = deque()
         # Whether a batch must not start yet though its lane and a slot are free (an
         # initial load's closing call, see sink/last_batch.py); it stays first in its lane.
+        # One may be held per entity: each waits for its own entity only, and other lanes
+        # go on meanwhile.
         self.holds: Callable[[Batch], bool] = lambda batch: False
-        self.held: Batch | None = None
+        self.held: list[Batch] = []
         self._timer: asyncio.TimerHandle | None = None
 
     # -- queueing ------------------------------------------------------------------------
@@ -160,12 +162,12 @@ class Dispatcher:
 
     def waiting_work(self) -> bool:
         """Batches wait for their lane, or are still open."""
-        return bool(self.queues) or self.held is not None or self.batcher.open_batches > 0
+        return bool(self.queues) or bool(self.held) or self.batcher.open_batches > 0
 
     def held_bytes(self) -> int:
         """Bytes of the batches waiting and in flight."""
         waiting = sum(b.nbytes for q in self.queues.values() for b in q)
-        waiting += self.held.nbytes if self.held is not None else 0
+        waiting += sum(b.nbytes for b in self.held)
         return waiting + sum(b.nbytes for b in self.in_flight.values())
 
     # -- starting ------------------------------------------------------------------------
@@ -183,10 +185,9 @@ class Dispatcher:
                 if self.ready or cut or self.held or self.flushing or self.batcher.lingering():
                     self._wake_in(wait)
                 break
-            if self.held is not None:
-                if self.holds(self.held):
-                    break  # nothing else to start: the held batch was the last one
-                batch, self.held = self.held, None
+            released = self._released()
+            if released is not None:
+                batch = released
             elif self.ready:
                 lane = self.ready.popleft()
                 queue = self.queues[lane]
@@ -209,7 +210,7 @@ class Dispatcher:
                     self.add([batch])
                     continue
             if self._hold(batch):
-                break
+                continue  # its lanes wait; other lanes go on
             self._start(batch, now)
             while cut and self.sending < self.limit.current:
                 batch = cut.popleft()
@@ -223,12 +224,20 @@ class Dispatcher:
         self.add(cut)  # cut, then no slot left: first in their lanes
         cut.clear()
 
+    def _released(self) -> Batch | None:
+        """The first held batch that need not wait any longer, taken from ``held``."""
+        for i, batch in enumerate(self.held):
+            if not self.holds(batch):
+                del self.held[i]
+                return batch
+        return None
+
     def _hold(self, batch: Batch) -> bool:
         """Keep ``batch`` from starting while ``holds`` says so: its lanes stay taken,
         so nothing of theirs overtakes it."""
         if not self.holds(batch):
             return False
-        self.held = batch
+        self.held.append(batch)
         for lane in batch.lanes:
             self.busy[lane] = batch
         return True
@@ -272,8 +281,8 @@ class Dispatcher:
             return
         self._sent(batch)
         self._finished(batch, task)
-        if not self.in_flight and self.held is not None:
-            self.pump()  # the held closing call goes now
+        if self.held:
+            self.pump()  # a held closing call may go now: its entity's records resolved
 
     # -- rebalances and stopping -------------------------------------------------------
     def drop(self, tps: set[TP]) -> list[asyncio.Task[None]]:
@@ -281,10 +290,10 @@ class Dispatcher:
         for lane in [lane for lane in self.queues if lane[:2] in tps]:
             del self.queues[lane]
         self.ready = deque(lane for lane in self.ready if lane[:2] not in tps)
-        if self.held is not None and any(lane[:2] in tps for lane in self.held.lanes):
-            for lane in self.held.lanes:
+        for batch in [b for b in self.held if any(lane[:2] in tps for lane in b.lanes)]:
+            self.held.remove(batch)
+            for lane in batch.lanes:
                 del self.busy[lane]
-            self.held = None
         return [t for t, b in self.in_flight.items() if b.lane is not None and b.lane[:2] in tps]
 
     async def finish(

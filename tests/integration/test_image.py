@@ -1,0 +1,123 @@
+"""The image as users run it: built from the Dockerfile with the engine the Makefile names
+(ENGINE), then run: --help, the emulator, and the sink end to end against the test
+broker (host network: the broker advertises 127.0.0.1), stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from devkit.kafka_local import free_port
+from devkit.sample_data import crm_record
+from tests.deploy_tools import require, run
+from tests.support import committed, create_topic, produce_json, unique, wait_until
+
+pytestmark = pytest.mark.integration
+IMAGE = "localhost/clari-sink:test"
+RECORDS = 6_000
+
+
+@pytest.fixture(scope="module")
+def engine() -> list[str]:
+    (eng,) = require("ENGINE")
+    started = time.monotonic()
+    run([*eng, "build", "--target", "sink", "-t", IMAGE, "."], timeout=1_500)
+    print(f"image built in {time.monotonic() - started:.1f} s")
+    return eng
+
+
+@pytest.fixture
+def containers(engine: list[str]) -> Iterator[list[str]]:
+    names: list[str] = []
+    yield names
+    for name in names:
+        run([*engine, "rm", "-f", "-t", "0", name], check=False)
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def test_help_runs_as_a_non_root_user_without_the_dev_kit(engine: list[str]) -> None:
+    shown = run([*engine, "run", "--rm", IMAGE, "--help"])
+    assert "emulator" in shown.stdout and "run" in shown.stdout
+    whoami = run([*engine, "run", "--rm", "--entrypoint", "id", IMAGE, "-u"])
+    assert whoami.stdout.strip() == "10001"
+    devkit = run(
+        [*engine, "run", "--rm", "--entrypoint", "python", IMAGE, "-c", "import devkit"],
+        check=False,
+    )
+    assert devkit.returncode != 0 and "No module named 'devkit'" in devkit.stderr
+    # A bad setting stops the container at start, naming it (exit 2).
+    bad = run([*engine, "run", "--rm", "-e", "KAFKA_TOPICS=t", "-e", "CLARI_MODE=Upsert",
+               "-e", "CLARI_ENTITY_TYPE=Account", IMAGE, "check-config"], check=False)  # fmt: skip
+    assert bad.returncode == 2 and "CLARI_MODE" in bad.stdout + bad.stderr
+
+
+def test_sink_delivers_from_the_broker_and_drains_on_sigterm(
+    engine: list[str], kafka: str, containers: list[str]
+) -> None:
+    emu_port, admin_port = free_port(), free_port()
+    emulator, sink = unique("emulator"), unique("sink")
+    hardened = ["--network", "host", "--read-only", "--cap-drop", "ALL",
+                "--security-opt", "no-new-privileges"]  # fmt: skip
+    containers += [emulator, sink]
+    # Latency per call, so that SIGTERM arrives with batches in flight.
+    run([*engine, "run", "-d", "--name", emulator, *hardened, IMAGE, "emulator",
+         "--host", "127.0.0.1", "--port", str(emu_port), "--api-token", "img-token",
+         "--partner-key", "img-partner", "--latency-ms", "400"])  # fmt: skip
+    base = f"http://127.0.0.1:{emu_port}"
+    wait_until(lambda: get(f"{base}/_emulator/health")[0] == 200, 60, what="emulator up")
+
+    topic = create_topic(kafka, unique("crm"), partitions=3)
+    produce_json(kafka, topic, [crm_record("account", i) for i in range(RECORDS)])
+    group = unique("group")
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka, "KAFKA_TOPICS": topic, "KAFKA_GROUP_ID": group,
+        "CLARI_BASE_URL": f"{base}/v2", "CLARI_ENTITY_TYPE": "Account",
+        "CLARI_API_TOKEN": "img-token", "CLARI_PARTNER_KEY": "img-partner",
+        "RESPONSE_TOPIC": unique("responses"), "DLQ_TOPIC": unique("dlq"),
+        # Not the image's 8080: the health check must follow it.
+        "ADMIN_PORT": str(admin_port), "ADMIN_HOST": "127.0.0.1",
+        # One lane per partition: what reached the emulator is a prefix of each partition,
+        # so after the drain the committed offsets must add up to it exactly.
+        "SINK_KEY_LANES": "1", "SINK_COMMIT_INTERVAL_MS": "200", "LOG_FORMAT": "text",
+    }  # fmt: skip
+    env_args = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
+    run([*engine, "run", "-d", "--name", sink, *hardened, *env_args, IMAGE, "run"])
+    admin = f"http://127.0.0.1:{admin_port}"
+
+    def accepted() -> int:
+        status, body = get(f"{base}/_emulator/stats")
+        return int(json.loads(body)["records"]) if status == 200 else 0
+
+    wait_until(lambda: get(f"{admin}/readyz")[0] == 200, 90, what="/readyz ready")
+    wait_until(lambda: accepted() >= 600, 90, what="records reaching the emulator")
+    health = run([*engine, "healthcheck", "run", sink], check=False)
+    if "unknown" not in health.stderr.lower():  # docker has no `healthcheck run`
+        assert health.returncode == 0, health.stderr
+    metrics = get(f"{admin}/metrics")[1]
+    lag_lines = [ln for ln in metrics.splitlines() if ln.startswith("clari_sink_consumer_lag{")]
+    assert len(lag_lines) == 3, metrics[-2000:]
+
+    run([*engine, "kill", "--signal", "TERM", sink])
+    code = run([*engine, "wait", sink], timeout=90).stdout.strip().splitlines()[-1]
+    logs = run([*engine, "logs", sink]).stdout + run([*engine, "logs", sink]).stderr
+    assert code == "0", logs[-3000:]
+    assert "sink stopped" in logs
+    delivered = accepted()
+    offsets = committed(kafka, group, topic)
+    print(f"SIGTERM after {delivered} of {RECORDS} records; committed {offsets}")
+    assert sum(offsets.values()) == delivered, (offsets, delivered, logs[-3000:])
+    assert "img-token" not in logs and "img-partner" not in logs

@@ -76,7 +76,7 @@ chart-check:
 	$(HELM) lint --strict $(CHART)
 	$(K8S_VALIDATE) -k 1.29,1.37 --helm $(CHART) deploy/kubernetes
 
-# deploy/kubernetes/clari-sink.yaml is the chart rendered with deploy/kubernetes/values.yaml.
+# deploy/kubernetes/clari-sink.yaml is the chart rendered with deploy/helm/plain-manifests.values.yaml.
 manifests:
 	$(BIN)/python -m deploy.checks.render --helm "$(HELM)" --write
 

@@ -84,7 +84,7 @@ manifests:
 # about 3 minutes once the tools are built.
 deploy-check: $(STAMP) kafka-jars
 	bash deploy/checks/kube.sh
-	bash deploy/checks/prometheus.sh
+	$(BIN)/python -m deploy.checks.prometheus_check
 
 clean:
 	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache

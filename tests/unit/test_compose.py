@@ -28,7 +28,7 @@ def test_compose_has_kafka_emulator_seed_and_sink_from_the_right_targets() -> No
     for name in ("emulator", "sink"):
         assert services[name]["build"] == {"context": ".", "target": "sink"}
     assert services["sink"]["depends_on"]["kafka"]["condition"] == "service_healthy"
-    assert services["seed"]["restart"] == "no"
+    assert services["seed"]["restart"] == "on-failure"
     for name in ("emulator", "seed", "sink"):
         assert services[name]["read_only"] is True
         assert services[name]["cap_drop"] == ["ALL"]

@@ -12,6 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 KUBE_HERE=${KUBE_HERE:-../shared/tools/kube-here}
 read -r -a HELM_CMD <<<"${HELM:-helm}"
+if ! command -v "${HELM_CMD[0]}" >/dev/null && [ -x ../shared/tools/helm-here ]; then
+  HELM_CMD=(../shared/tools/helm-here)
+fi
 CHART=deploy/helm/clari-sink
 NS=clari-sink-check
 NS_PLAIN=clari-sink-plain

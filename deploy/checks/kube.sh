@@ -27,7 +27,7 @@ trap cleanup EXIT
 
 "$KUBE_HERE" up --nodes >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log"; fail "kube-here up --nodes"; }
 eval "$("$KUBE_HERE" env)"
-step "API server $(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])') with nodes: $(kubectl get nodes -o name | tr '\n' ' ')"
+step "API server $(kubectl version -o json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])') with nodes: $(kubectl get nodes -o name | tr '\n' ' ')"
 
 restricted_ns() {
   kubectl create namespace "$1" >/dev/null
@@ -75,10 +75,14 @@ step "helm install: rolled out, Service clari-sink has 2 ready endpoints"
 "${HELM_CMD[@]}" upgrade clari-sink "$CHART" -n "$NS" --reuse-values --set image.tag=0.1.1 >"$WORK/upgrade.log" 2>&1 ||
   { cat "$WORK/upgrade.log"; fail "helm upgrade"; }
 kubectl rollout status -n "$NS" deploy/clari-sink --timeout=180s
-images=$(kubectl get pods -n "$NS" -l app.kubernetes.io/instance=clari-sink \
-  --field-selector=status.phase=Running -o jsonpath='{range .items[*]}{.spec.containers[0].image}{"\n"}{end}' | sort | uniq -c)
-echo "$images" | sed 's/^/    /'
-[ "$(echo "$images" | awk '{print $2}')" = "ghcr.io/your-org/clari-sink:0.1.1" ] || fail "pods do not all run 0.1.1"
+# Old pods end after their grace period (the drain): wait until only new ones remain.
+live_images() {
+  kubectl get pods -n "$NS" -l app.kubernetes.io/instance=clari-sink -o go-template \
+    --template '{{range .items}}{{if not .metadata.deletionTimestamp}}{{(index .spec.containers 0).image}}{{"\n"}}{{end}}{{end}}' | sort | uniq -c
+}
+for _ in $(seq 120); do [ "$(live_images | awk '{print $2}')" = "ghcr.io/your-org/clari-sink:0.1.1" ] && break; sleep 1; done
+live_images | sed 's/^/    /'
+[ "$(live_images | awk '{print $2}')" = "ghcr.io/your-org/clari-sink:0.1.1" ] || fail "pods do not all run 0.1.1"
 for _ in $(seq 60); do [ "$(ready_endpoints "$NS")" = 2 ] && break; sleep 1; done
 [ "$(ready_endpoints "$NS")" = 2 ] || fail "the Service lost its endpoints after the upgrade"
 step "rolling update to 0.1.1 complete (revision $(kubectl get deploy -n "$NS" clari-sink -o jsonpath='{.metadata.annotations.deployment\.kubernetes\.io/revision}')), 2 ready endpoints"

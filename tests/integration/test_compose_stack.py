@@ -65,6 +65,7 @@ def stack() -> Iterator[tuple[list[str], dict[str, str]]]:
         print(f"compose down in {time.monotonic() - started:.1f} s")
 
 
+@pytest.mark.timeout(1_800)  # the first `up` builds both images
 def test_compose_stack_delivers_the_seeded_records(
     stack: tuple[list[str], dict[str, str]],
 ) -> None:

@@ -22,7 +22,7 @@ RUN --mount=type=bind,source=requirements.lock,target=/tmp/requirements.lock \
     useradd --system --uid 10001 --user-group --home-dir /app --create-home sink \
     && pip install --require-hashes -r /tmp/requirements.lock
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-deps /wheels/*.whl
+    pip install --no-cache-dir --no-deps /wheels/*.whl
 WORKDIR /app
 USER 10001:10001
 

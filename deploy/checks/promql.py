@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "clari-sink.json"
 RULES = ROOT / "deploy" / "helm" / "clari-sink" / "files" / "alerts.yaml"
 # A comparison operator outside a label matcher ({...}): not =~, !~, nor part of ==/!=.
-COMPARISON = re.compile(r"(==|!=|>=|<=|>|<)(?!\s*bool)")
+COMPARISON = re.compile(r"(==|!=|>=|<=|[<>](?!=))(?!\s*bool)")
 
 
 def expressions() -> list[tuple[str, str, str]]:

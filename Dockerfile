@@ -4,25 +4,26 @@
 # Non-root (uid 10001), and runs with a read-only root filesystem: nothing is written
 # at run time (bytecode is compiled at build time, no temporary files).
 
-# Few instructions, files lent by bind mounts rather than copied: with storage drivers
-# that copy every layer in full (podman's vfs), each layer costs a copy of the image.
 FROM python:3.11-slim AS wheel
-# The sink's own wheel only: its dependencies come from the lock file, below.
-RUN --mount=type=bind,target=/src,rw \
-    pip wheel --no-cache-dir --no-deps --wheel-dir /wheels /src
+# The sink's own wheel only: its dependencies come from the lock file, below. Files are
+# copied, not bind-mounted: buildah's layer cache ignores what a bind mount holds, so a
+# changed lock or source would have been served from a stale layer.
+COPY pyproject.toml README.md /src/
+COPY sink /src/sink
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels /src
 
 FROM python:3.11-slim AS runtime
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 # Runtime dependencies exactly as locked: every version pinned and every file checked
 # against its sha256, so a changed or substituted package fails the build instead of
-# entering the image. Only the lock is lent to this step, so that this layer (the slow
-# one) is rebuilt when the lock changes, not at every change of the code.
-RUN --mount=type=bind,source=requirements.lock,target=/tmp/requirements.lock \
-    useradd --system --uid 10001 --user-group --home-dir /app --create-home sink \
-    && pip install --require-hashes -r /tmp/requirements.lock
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-deps /wheels/*.whl
+# entering the image. The lock is copied alone first, so that this layer (the slow one)
+# is rebuilt when the lock changes, not at every change of the code.
+COPY requirements.lock /tmp/requirements.lock
+RUN useradd --system --uid 10001 --user-group --home-dir /app --create-home sink \
+    && pip install --require-hashes -r /tmp/requirements.lock && rm /tmp/requirements.lock
+COPY --from=wheel /wheels /wheels
+RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
 USER 10001:10001
 

@@ -61,7 +61,7 @@ def test_dockerfile_targets_and_runtime_user() -> None:
     stages = re.findall(r"^FROM (\S+) AS (\S+)", text, re.MULTILINE)
     assert [name for _, name in stages] == ["wheel", "runtime", "seed", "sink"]  # sink: default
     assert "--require-hashes -r /tmp/requirements.lock" in text
-    assert "source=requirements.lock" in text
+    assert "COPY requirements.lock /tmp/requirements.lock" in text
     sink_stage = text.split("AS sink", 1)[1]
     assert 'ENTRYPOINT ["clari-sink"]' in sink_stage and "devkit" not in sink_stage
     assert "ADMIN_PORT" in sink_stage.split("HEALTHCHECK", 1)[1]

@@ -74,7 +74,7 @@ compose-down:
 # for Kubernetes 1.29 and the newest schema (also run by `make test`).
 chart-check:
 	$(HELM) lint --strict $(CHART)
-	$(K8S_VALIDATE) -k 1.29,1.37 --helm $(CHART) deploy/kubernetes
+	$(K8S_VALIDATE) --helm $(CHART) deploy/kubernetes
 
 # deploy/kubernetes/clari-sink.yaml is the chart rendered with deploy/helm/plain-manifests.values.yaml.
 manifests:

@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: setup demo test unit lint kafka-jars bench clean
+.PHONY: setup demo test unit lint kafka-jars schema-registry bench clean
 
 # Deployment tools, as a user has them; .ci/run points them at ../shared/tools when
 # Docker is absent. Exported: the image, compose and chart tests run these commands.
@@ -36,6 +36,14 @@ setup: $(STAMP)
 kafka-jars: $(STAMP)
 	$(BIN)/python -m devkit.kafka_local fetch
 
+# The real Schema Registry of the Avro tests: Karapace, installed once into
+# ~/.cache/clari-tools by registry-here (~2.5 min), before pytest so that no test's
+# timeout pays for it. Without the tool those tests skip (and fail under CI=true).
+REGISTRY_HERE ?= ../shared/tools/registry-here
+schema-registry:
+	@if [ -x "$(REGISTRY_HERE)" ]; then "$(REGISTRY_HERE)" install; \
+	else echo "$(REGISTRY_HERE) not found: the real Schema Registry tests will skip"; fi
+
 demo: $(STAMP) kafka-jars
 	$(BIN)/python -m devkit.demo $(ARGS)
 
@@ -47,7 +55,7 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
-test: $(STAMP) kafka-jars lint
+test: $(STAMP) kafka-jars schema-registry lint
 	$(BIN)/pytest -q -ra --durations=10
 
 # The matrix of bench/README.md with the peer (Kafka Connect + Aiven's HTTP sink, its

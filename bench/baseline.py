@@ -13,7 +13,7 @@ import time
 import orjson
 from confluent_kafka import Consumer
 
-from sink.consumer import FETCH_TUNING
+from sink.kafka_config import FETCH_TUNING
 
 
 def main(argv: list[str] | None = None) -> int:

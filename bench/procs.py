@@ -178,6 +178,10 @@ class Sink(Measured):
 
     def __init__(self, env: dict[str, str], until_drained: bool, log: str = "sink.log") -> None:
         args = [sys.executable, "-m", "sink.cli", "run"] + (["--until-drained"] * until_drained)
+        if profile := os.environ.get("BENCH_SINK_PROFILE"):
+            # Collapsed stacks of the sink's run (py-spy, from the bench extras); the CPU
+            # figures then include py-spy's own.
+            args = ["py-spy", "record", "-r", "250", "-f", "raw", "-o", profile, "--", *args]
         RESULTS.mkdir(exist_ok=True)
         super().__init__(args, {**os.environ, **env}, RESULTS / log)
 

@@ -9,6 +9,18 @@ Command line::
     python -m devkit.kafka_local start --state-dir .local/kafka   # prints the bootstrap address
     python -m devkit.kafka_local stop --state-dir .local/kafka
     python -m devkit.kafka_local fetch                              # only download the jars
+    python -m devkit.kafka_local start --secure ...  # also SSL, mTLS and SASL_SSL listeners
+
+``--secure`` (``start(..., secure=True)``) adds four listeners next to the plain one,
+with certificates made at start by openssl (a CA, the broker's certificate for
+127.0.0.1/localhost, a client certificate whose key is encrypted, and a second CA that
+signed nothing the broker trusts): SSL (the broker's certificate only), MTLS (a client
+certificate required) and SASL_SSL with SCRAM-SHA-512 users created by the broker's own
+storage tool (``format --add-scram``), and OAUTH: SASL_SSL with OAUTHBEARER, where the
+broker takes any unsigned JWT naming a subject and an expiry (Kafka's unsecured
+validator: it checks no signature, so a test token endpoint needs no keys; what it tests
+is the client's side, getting the token). The plain listener stays as it is, for the
+tools that seed and read topics.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 KAFKA_VERSION = os.environ.get("CLARI_SINK_KAFKA_VERSION", "4.1.1")
@@ -119,6 +131,50 @@ def _cluster_id() -> str:
             return cid
 
 
+# The SCRAM-SHA-512 users of a secured broker: name -> password.
+SCRAM_USERS = {"clari-sink": "clari-sink-secret", "other-user": "other-secret"}
+CLIENT_KEY_PASSWORD = "client-key-secret"
+_STORE_PASSWORD = "broker-store-secret"
+
+
+@dataclass(frozen=True)
+class Certs:
+    """PEM files made by :func:`make_certs` in ``dir`` (the client's key encrypted with
+    CLIENT_KEY_PASSWORD). ``other_ca`` signed nothing the broker uses; ``rogue_cert`` is
+    a client certificate it signed, which the broker must refuse."""
+
+    dir: Path
+
+    def __getattr__(self, name: str) -> Path:
+        files = {
+            "ca": "ca.pem",
+            "broker_p12": "broker.p12",
+            "client_cert": "client.pem",
+            "client_key": "client.key",
+            "other_ca": "other-ca.pem",
+            "rogue_cert": "rogue.pem",
+            "rogue_key": "rogue.key",
+        }
+        if name not in files:
+            raise AttributeError(name)
+        return self.dir / files[name]
+
+
+@dataclass
+class SecureListeners:
+    """The ports of a secured broker's listeners, and the certificates for them."""
+
+    ssl_port: int
+    mtls_port: int
+    sasl_ssl_port: int
+    oauth_port: int
+    certs: Certs
+    users: dict[str, str] = field(default_factory=lambda: dict(SCRAM_USERS))
+
+    def address(self, port: int) -> str:
+        return f"127.0.0.1:{port}"
+
+
 @dataclass
 class Broker:
     """A running broker process and where it keeps its state."""
@@ -126,6 +182,7 @@ class Broker:
     state_dir: Path
     port: int
     process: subprocess.Popen[bytes] | None = None
+    secure: SecureListeners | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -175,16 +232,97 @@ def _terminate(pid: int, timeout: float) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def _write_config(state_dir: Path, port: int) -> Path:
+def _openssl(cwd: Path, *args: str) -> None:
+    done = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"openssl {args[0]} failed: {done.stderr}")
+
+
+def _sign(cwd: Path, name: str, ca: str, subject: str, ext: str, key_args: list[str]) -> None:
+    """A P-256 key ``name``.key and ``name``.pem signed by ``ca`` (.pem/.key)."""
+    _openssl(cwd, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-out", f"{name}.key", *key_args)  # fmt: skip
+    (cwd / f"{name}.ext").write_text(ext)
+    passin = ["-passin", f"pass:{CLIENT_KEY_PASSWORD}"] if key_args else []
+    _openssl(cwd, "req", "-new", "-key", f"{name}.key", *passin, "-subj", subject,
+             "-out", f"{name}.csr")  # fmt: skip
+    _openssl(cwd, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey",
+             f"{ca}.key", "-CAcreateserial", "-days", "7", "-sha256", "-extfile",
+             f"{name}.ext", "-out", f"{name}.pem")  # fmt: skip
+
+
+def make_certs(cert_dir: Path) -> Certs:
+    """A test CA, the broker's certificate (127.0.0.1 and localhost, so that clients
+    verify the host name), a client certificate with an encrypted key, and a second CA
+    with a client certificate of its own (what the broker must not trust)."""
+    cert_dir.mkdir(parents=True, exist_ok=True)
+    for ca in ("ca", "other-ca"):
+        _openssl(cert_dir, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                 "ec_paramgen_curve:P-256", "-nodes", "-keyout", f"{ca}.key", "-out",
+                 f"{ca}.pem", "-days", "7", "-subj", f"/CN=clari-sink test {ca}")  # fmt: skip
+    server = "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+    client = "extendedKeyUsage=clientAuth\n"
+    encrypted = ["-aes-256-cbc", "-pass", f"pass:{CLIENT_KEY_PASSWORD}"]
+    _sign(cert_dir, "broker", "ca", "/CN=localhost", server, [])
+    _sign(cert_dir, "client", "ca", "/CN=clari-sink", client, encrypted)
+    _sign(cert_dir, "rogue", "other-ca", "/CN=clari-sink", client, [])
+    _openssl(cert_dir, "pkcs12", "-export", "-in", "broker.pem", "-inkey", "broker.key",
+             "-certfile", "ca.pem", "-out", "broker.p12", "-passout",
+             f"pass:{_STORE_PASSWORD}")  # fmt: skip
+    return Certs(cert_dir)
+
+
+def _secure_props(secure: SecureListeners) -> dict[str, str]:
+    certs = secure.certs
+    store = {
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": str(certs.broker_p12),
+        "ssl.keystore.password": _STORE_PASSWORD,
+        "ssl.key.password": _STORE_PASSWORD,
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(certs.ca),
+    }
+    props: dict[str, str] = {}
+    for listener in ("ssl", "mtls", "sasl_ssl", "oauth"):
+        props.update({f"listener.name.{listener}.{k}": v for k, v in store.items()})
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    props.update(
+        {
+            "listener.name.ssl.ssl.client.auth": "none",
+            "listener.name.mtls.ssl.client.auth": "required",
+            "listener.name.sasl_ssl.ssl.client.auth": "none",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": scram,
+            "listener.name.oauth.ssl.client.auth": "none",
+            "listener.name.oauth.sasl.enabled.mechanisms": "OAUTHBEARER",
+            # No callback handler set: Kafka's unsecured validator (no signature check).
+            "listener.name.oauth.oauthbearer.sasl.jaas.config": (
+                "org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;"
+            ),
+        }
+    )
+    return props
+
+
+def _write_config(state_dir: Path, port: int, secure: SecureListeners | None = None) -> Path:
     controller_port = free_port()
+    listeners = f"PLAINTEXT://127.0.0.1:{port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if secure is not None:
+        listeners += (
+            f",SSL://127.0.0.1:{secure.ssl_port},MTLS://127.0.0.1:{secure.mtls_port}"
+            f",SASL_SSL://127.0.0.1:{secure.sasl_ssl_port},OAUTH://127.0.0.1:{secure.oauth_port}"
+        )
+        protocols += ",SSL:SSL,MTLS:SSL,SASL_SSL:SASL_SSL,OAUTH:SASL_SSL"
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "listeners": f"{listeners},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": listeners,
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": protocols,
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(state_dir / "data"),
         "num.partitions": "1",
@@ -197,6 +335,7 @@ def _write_config(state_dir: Path, port: int) -> Path:
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "true",
         "log.flush.interval.messages": "1000000",
+        **(_secure_props(secure) if secure is not None else {}),
     }
     path = state_dir / "server.properties"
     path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
@@ -254,8 +393,9 @@ def wait_ready(bootstrap: str, state_dir: Path | None = None, timeout: float = 9
     raise TimeoutError(f"Kafka at {bootstrap} not ready after {timeout}s: {last}\n{tail}")
 
 
-def start(state_dir: Path, port: int | None = None) -> Broker:
-    """Format fresh KRaft storage in ``state_dir`` and start a broker on loopback."""
+def start(state_dir: Path, port: int | None = None, secure: bool = False) -> Broker:
+    """Format fresh KRaft storage in ``state_dir`` and start a broker on loopback
+    (with ``secure``, also the SSL, MTLS and SASL_SSL listeners: see the module's doc)."""
     state_dir = state_dir.resolve()
     old = _read_pid(state_dir)
     if old is not None:
@@ -264,7 +404,14 @@ def start(state_dir: Path, port: int | None = None) -> Broker:
         shutil.rmtree(state_dir)
     state_dir.mkdir(parents=True)
     port = port or free_port()
-    config = _write_config(state_dir, port)
+    listeners = None
+    scram: list[str] = []
+    if secure:
+        certs = make_certs(state_dir / "certs")
+        listeners = SecureListeners(free_port(), free_port(), free_port(), free_port(), certs)
+        for user, password in listeners.users.items():
+            scram += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={password}]"]
+    config = _write_config(state_dir, port, listeners)
     fmt = _java_cmd(
         state_dir,
         "kafka.tools.StorageTool",
@@ -274,11 +421,12 @@ def start(state_dir: Path, port: int | None = None) -> Broker:
         "-c",
         str(config),
         "--ignore-formatted",
+        *scram,
     )
     done = subprocess.run(fmt, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"formatting KRaft storage failed:\n{done.stdout}\n{done.stderr}")
-    broker = Broker(state_dir=state_dir, port=port, process=_launch(state_dir))
+    broker = Broker(state_dir=state_dir, port=port, process=_launch(state_dir), secure=listeners)
     try:
         wait_ready(broker.bootstrap, state_dir)
     except BaseException:
@@ -288,16 +436,40 @@ def start(state_dir: Path, port: int | None = None) -> Broker:
     return broker
 
 
+def describe_secure(broker: Broker) -> str:
+    """What a user needs to connect to the secured listeners (the command line's output)."""
+    sec = broker.secure
+    if sec is None:
+        return broker.bootstrap
+    c = sec.certs
+    user, password = next(iter(sec.users.items()))
+    return "\n".join(
+        [
+            f"PLAINTEXT  {broker.bootstrap}",
+            f"SSL        {sec.address(sec.ssl_port)}  KAFKA_SSL_CA_LOCATION={c.ca}",
+            f"MTLS       {sec.address(sec.mtls_port)}"
+            f"  KAFKA_SSL_CERTIFICATE_LOCATION={c.client_cert}"
+            f" KAFKA_SSL_KEY_LOCATION={c.client_key}"
+            f" KAFKA_SSL_KEY_PASSWORD={CLIENT_KEY_PASSWORD}",
+            f"SASL_SSL   {sec.address(sec.sasl_ssl_port)}  SCRAM-SHA-512 {user} / {password}",
+            f"OAUTH      {sec.address(sec.oauth_port)}  SASL_SSL OAUTHBEARER (unsigned JWTs)",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devkit.kafka_local")
     parser.add_argument("action", choices=["start", "stop", "fetch"])
     parser.add_argument("--state-dir", type=Path, default=Path(".local/kafka"))
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--secure", action="store_true", help="add SSL, MTLS, SASL_SSL, OAUTH listeners"
+    )
     args = parser.parse_args(argv)
     if args.action == "fetch":
         print(fetch_jars())
     elif args.action == "start":
-        print(start(args.state_dir, args.port or None).bootstrap)
+        print(describe_secure(start(args.state_dir, args.port or None, secure=args.secure)))
     else:
         Broker(state_dir=args.state_dir.resolve(), port=0).stop()
     return 0

@@ -100,7 +100,7 @@ def build_admin_app(pipeline: Pipeline) -> web.Application:
                 "active": pipeline.active,
                 "backpressure": pipeline.backpressure,
                 "assigned": sorted(f"{t}[{p}]" for t, p in (source.assignment if source else ())),
-                "consumed": pipeline.consumed,
+                "consumed": pipeline.intake.consumed,
                 "unresolved": pipeline.tracker.unresolved(),
                 "inFlight": len(pipeline.in_flight),
                 "concurrency": pipeline.limit.current,

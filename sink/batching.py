@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate, groupby, repeat
 from operator import attrgetter
 from typing import Any
@@ -99,6 +99,38 @@ class _Open:
         self.ids: set[Any] = set()
 
 
+class _Call:
+    """A call being made of one partition's batches: the first, and those it takes."""
+
+    __slots__ = ("batch", "count", "ids", "nbytes", "parts")
+
+    def __init__(self, batch: Batch, ids: set[Any]) -> None:
+        self.batch = batch
+        self.ids = set(ids)
+        self.count = batch.count
+        self.nbytes = batch.nbytes
+        self.parts: list[Batch] = []
+
+    def fits(self, opened: _Open, max_records: int, max_bytes: int) -> bool:
+        more = opened.batch
+        return (
+            self.count + more.count <= max_records
+            and self.nbytes + more.nbytes <= max_bytes
+            and self.ids.isdisjoint(opened.ids)
+        )
+
+    def take(self, part: Batch, ids: Iterable[Any]) -> None:
+        self.parts.append(part)
+        self.ids.update(ids)
+        self.count += part.count
+        self.nbytes += part.nbytes
+
+    def finish(self) -> None:
+        if self.parts:
+            self.batch.absorb(self.parts)
+            self.batch.id = _name(self.batch)
+
+
 class Batcher:
     def __init__(
         self,
@@ -109,6 +141,7 @@ class Batcher:
         group_of: GroupOf | None,
         id_field: str | None = "id",
         lanes: int = 1,
+        order_by: str = "key",
         keys_span_groups: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -119,12 +152,20 @@ class Batcher:
         self.id_field = id_field
         self.clock = clock
         self.lanes = lanes
+        # "id": a record's lane follows its id, not its message key (SINK_ORDER_BY).
+        self.by_id = order_by == "id" and lanes > 1
         # Attribute grouping puts one key's records in several groups of a lane: a batch
         # closing there closes the lane's older batches first, which hold earlier records.
         self.keys_span_groups = keys_span_groups
         self._open: dict[_Slot, _Open] = {}  # insertion order = age order
         self.buffered_records = 0
         self.buffered_bytes = 0
+        # Records in open batches per partition: a partition holding a full call's worth
+        # over its lanes is cut without waiting for the linger (see due()).
+        self._tp_records: dict[tuple[str, int], int] = {}
+        # The open batches again, per partition (age order): due() fills a partition's
+        # call from its own batches without walking every lane of every partition.
+        self._by_tp: dict[tuple[str, int], dict[_Slot, _Open]] = {}
 
     @classmethod
     def for_settings(cls, s: Settings) -> Batcher:
@@ -135,6 +176,7 @@ class Batcher:
             group_of=grouping_function(s.batch_grouping, s.batch_group_attribute),
             id_field=s.clari_id_field,
             lanes=s.lanes_per_partition,
+            order_by=s.order_by,
             keys_span_groups=s.batch_grouping == "attribute",
         )
 
@@ -156,6 +198,11 @@ class Batcher:
             return (topic, partition, (offset // self.max_records) % self.lanes)
         return (topic, partition, crc32(key) % self.lanes)
 
+    def _order_keys(self, rids: Iterable[Any]) -> list[bytes | None]:
+        """What a lane is chosen by under SINK_ORDER_BY=id: the id as text, so that 7 and
+        "7" (one record to Clari) share a lane."""
+        return [None if rid is None else str(rid).encode() for rid in rids]
+
     def add(self, record: SinkRecord, data: dict[str, Any]) -> Sequence[Batch]:
         """Add a shaped record (``data`` is its decoded form); return the batches this
         closed (usually none)."""
@@ -170,7 +217,8 @@ class Batcher:
             raise RecordError(
                 "record-too-large", f"{size} bytes encoded, over BATCH_MAX_BYTES={self.max_bytes}"
             )
-        lane = self.lane_of(record.topic, record.partition, record.key, record.offset)
+        key = self._order_keys([rid])[0] if self.by_id else record.key
+        lane = self.lane_of(record.topic, record.partition, key, record.offset)
         slot = (lane, group)
         closed: list[Batch] = []
         current = self._open.get(slot)
@@ -188,6 +236,8 @@ class Batcher:
             current.ids.add(rid)
         self.buffered_records += 1
         self.buffered_bytes += size
+        tp = lane[:2]
+        self._tp_records[tp] = self._tp_records.get(tp, 0) + 1
         if batch.count >= self.max_records:
             closed += self._close_in_order(slot)
         return closed
@@ -224,7 +274,10 @@ class Batcher:
                 except RecordError as exc:
                     refused.append((record, exc))
             return closed, refused
-        lanes = list(map(self.lane_of, *_record_fields(records)))
+        topics, partitions, keys, offs = _record_fields(records)
+        if self.by_id:
+            keys = iter(self._order_keys(rids))
+        lanes = list(map(self.lane_of, topics, partitions, keys, offs))
         for lane, picked in _split(lanes):
             part = [records[i] for i in picked] if isinstance(picked, list) else records[picked]
 
@@ -256,8 +309,16 @@ class Batcher:
                 )
                 start = run.stop
             return closed, []
-        fields = (map(f, msgs) for f in (_MSG_TOPIC, _MSG_PARTITION, _MSG_KEY, _MSG_OFFSET))
-        lanes: list[Lane] = list(map(self.lane_of, *fields))
+        keys = self._order_keys(rids) if self.by_id else map(_MSG_KEY, msgs)
+        lanes: list[Lane] = list(
+            map(
+                self.lane_of,  # type: ignore[arg-type]  # consumed messages have all four
+                map(_MSG_TOPIC, msgs),
+                map(_MSG_PARTITION, msgs),
+                keys,
+                map(_MSG_OFFSET, msgs),
+            )
+        )
         for lane, picked in _split(lanes):
             part = _pick(msgs, picked)
             closed += self._fill_messages(
@@ -316,6 +377,8 @@ class Batcher:
             add(batch, start, end, added)
             self.buffered_records += end - start
             self.buffered_bytes += added
+            tp = lane[:2]
+            self._tp_records[tp] = self._tp_records.get(tp, 0) + end - start
             start = end
             # Full, or the next record does not fit (bytes or a repeated id).
             if batch.count >= self.max_records or start < n:
@@ -339,81 +402,86 @@ class Batcher:
     ) -> list[Batch]:
         """Batches that have lingered ``linger_s`` (all of them when ``flushing``), oldest
         first, of lanes that ``may_send`` now (every lane if None); at most ``limit``
-        calls. With arrival-order
-        batching, lingered batches of one partition are merged while they fit: thin
-        traffic spread over many lanes still makes full calls (the merged call holds all
-        their lanes while it is sent)."""
-        now = self.clock()
-        picked: list[_Slot] = []
-        for slot, opened in self._open.items():  # oldest first
-            if now - opened.batch.opened_at < self.linger_s and not flushing:
-                break
-            if may_send is None or may_send(slot[0]):
-                picked.append(slot)
-        calls: list[Batch] = []
-        into: dict[tuple[str, int], tuple[Batch, set[Any]]] = {}
-        for slot in picked:
-            opened = self._open[slot]
-            tp = slot[0][:2]
-            call = into.get(tp) if self.group_of is None else None
-            if call is not None and self._fits(call[0], opened, call[1]):
-                batch, ids = call
-                ids.update(opened.ids)
-                batch.absorb(self._close(slot))
-                batch.id = _name(batch)
-            elif limit is None or len(calls) < limit:
-                ids = set(opened.ids)
-                batch = self._close(slot)
-                calls.append(batch)
-                into[tp] = (batch, ids)
-        if into and self.group_of is None:
-            # Fill the calls up with their partitions' younger batches of idle lanes
-            # (their linger would end a few milliseconds later each, one small call
-            # apiece), and with the head of the first one that does not fit whole: the
-            # merged call holds its lane, so the rest of it follows in order.
-            for slot in list(self._open):
-                call = into.get(slot[0][:2])
-                if call is None or not (may_send is None or may_send(slot[0])):
-                    continue
-                batch, ids = call
-                opened = self._open[slot]
-                if self._fits(batch, opened, ids):
-                    ids.update(opened.ids)
-                    batch.absorb(self._close(slot))
-                elif (head := self._head(slot, batch, ids)) is not None:
-                    batch.absorb(head)
-                    del into[slot[0][:2]]  # full, or nothing more fits
-                batch.id = _name(batch)
-        return calls
+        calls. A partition whose open batches together fill a call is cut at once.
 
-    def _head(self, slot: _Slot, call: Batch, ids: set[Any]) -> Batch | None:
+        With arrival-order batching, the batches of one partition are merged while they
+        fit: thin traffic, or keys spread over many lanes, still make full calls (the
+        merged call holds all its lanes while it is sent)."""
+        now, linger = self.clock(), self.linger_s
+        full = set() if flushing else self._full_tps()
+        merging = self.group_of is None
+        calls: list[_Call] = []
+        into: dict[tuple[str, int], _Call] = {}  # per partition, the call still filling
+        for slot, opened in list(self._open.items()):  # oldest first
+            young = not flushing and now - opened.batch.opened_at < linger
+            if young and not full:
+                break
+            tp = slot[0][:2]
+            if (young and tp not in full) or not (may_send is None or may_send(slot[0])):
+                continue
+            call = into.get(tp) if merging else None
+            if call is not None and call.fits(opened, self.max_records, self.max_bytes):
+                call.take(self._close(slot), opened.ids)
+            elif limit is not None and len(calls) >= limit:
+                break  # the calls are made: only their partitions may still fill them
+            elif not young or self._idle_records(tp, may_send) >= self.max_records:
+                call = _Call(self._close(slot), opened.ids)
+                calls.append(call)
+                into[tp] = call
+        if merging:
+            for tp, call in into.items():
+                self._fill_call(tp, call, may_send)
+        for call in calls:
+            call.finish()
+        return [call.batch for call in calls]
+
+    def _idle_records(self, tp: tuple[str, int], may_send: Callable[[Lane], bool] | None) -> int:
+        """Records in ``tp``'s open batches of lanes that may send: a young call starts
+        only if they fill it (a hot key's busy lane holding most of the partition's
+        records must not make a stream of small calls from the rest)."""
+        opened = self._by_tp.get(tp, {})
+        if may_send is None:
+            return sum(o.batch.count for o in opened.values())
+        return sum(o.batch.count for slot, o in opened.items() if may_send(slot[0]))
+
+    def _fill_call(
+        self, tp: tuple[str, int], call: _Call, may_send: Callable[[Lane], bool] | None
+    ) -> None:
+        """Fill ``call`` up with its partition's younger batches of idle lanes (their
+        linger would end a few milliseconds later each, one small call apiece), and with
+        the head of the first one that does not fit whole: the merged call holds its
+        lane, so the rest of it follows in order."""
+        for slot, opened in list(self._by_tp.get(tp, {}).items()):
+            if not (may_send is None or may_send(slot[0])):
+                continue
+            if call.fits(opened, self.max_records, self.max_bytes):
+                call.take(self._close(slot), opened.ids)
+                continue
+            if (head := self._head(slot, call)) is not None:
+                call.take(head, ())
+            return  # full, or nothing more fits
+
+    def _head(self, slot: _Slot, call: _Call) -> Batch | None:
         """The first records of ``slot``'s batch that fit in ``call`` (count, bytes, and
         no id ``call`` holds), taken from it; None if not even one fits."""
         opened = self._open[slot]
         batch = opened.batch
         room = self.max_records - call.count
-        sizes = list(map(len, batch.bodies()[:room]))
+        sizes = list(map(len, batch.bodies(room)))
         total = list(accumulate(sizes, initial=call.nbytes))
         count = bisect_right(total, self.max_bytes) - 1
         rids = batch.head_ids(count)
-        count = _first_repeat(rids, ids)
+        count = _first_repeat(rids, call.ids)
         if count == 0:
             return None
         head = batch.split(count)
         taken = {r for r in rids[:count] if r is not None}
-        ids.update(taken)
+        call.ids.update(taken)
         opened.ids.difference_update(taken)
         self.buffered_records -= count
         self.buffered_bytes -= head.nbytes
+        self._tp_records[slot[0][:2]] -= count
         return head
-
-    def _fits(self, batch: Batch, opened: _Open, ids: set[Any]) -> bool:
-        more = opened.batch
-        return (
-            batch.count + more.count <= self.max_records
-            and batch.nbytes + more.nbytes <= self.max_bytes
-            and ids.isdisjoint(opened.ids)
-        )
 
     def flush(self, keep: Callable[[Batch], bool] | None = None) -> list[Batch]:
         """Close every open batch (or those ``keep`` selects) regardless of linger."""
@@ -424,10 +492,14 @@ class Batcher:
         """Forget buffered records of revoked partitions: their new owner consumes them again."""
         dropped = 0
         for slot in [s for s in self._open if s[0][:2] in partitions]:
+            del self._by_tp[slot[0][:2]][slot]
             batch = self._open.pop(slot).batch
             dropped += batch.count
             self.buffered_records -= batch.count
             self.buffered_bytes -= batch.nbytes
+        for tp in partitions:
+            self._tp_records.pop(tp, None)
+            self._by_tp.pop(tp, None)
         return dropped
 
     def next_deadline(self) -> float | None:
@@ -442,9 +514,25 @@ class Batcher:
         return None
 
     def lingering(self) -> bool:
-        """Whether the oldest open batch has lingered (it may be waiting for its lane)."""
+        """Whether an open batch may be cut now, its lane permitting: the oldest has
+        lingered, or a partition holds a full call's worth (see due())."""
         first = next(iter(self._open.values()), None)
-        return first is not None and self.clock() - first.batch.opened_at >= self.linger_s
+        if first is None:
+            return False
+        return self.clock() - first.batch.opened_at >= self.linger_s or bool(self._full_tps())
+
+    def _full_tps(self) -> set[tuple[str, int]]:
+        """Partitions whose open batches together fill a call: under load their keys are
+        spread over many lanes, none of them full, and waiting for the linger would leave
+        calls unsent while records wait (measured in bench/README.md)."""
+        if self.group_of is not None or self.lanes == 1:
+            return set()  # one batch per lane and group: it closes itself when full
+        most = self.max_records
+        return {tp for tp, n in self._tp_records.items() if n >= most}
+
+    def holds_any(self, topics: set[str]) -> bool:
+        """Whether open batches hold records of ``topics``."""
+        return any(batches for (topic, _), batches in self._by_tp.items() if topic in topics)
 
     @property
     def open_batches(self) -> int:
@@ -454,6 +542,7 @@ class Batcher:
         opened = _Open(Batch(id="", group=slot[1], opened_at=self.clock()))
         opened.batch.lanes = (slot[0],)
         self._open[slot] = opened
+        self._by_tp.setdefault(slot[0][:2], {})[slot] = opened
         return opened
 
     def _close_in_order(self, slot: _Slot) -> list[Batch]:
@@ -471,10 +560,12 @@ class Batcher:
 
     def _close(self, slot: _Slot) -> Batch:
         opened = self._open.pop(slot)
+        del self._by_tp[slot[0][:2]][slot]
         batch = opened.batch
         batch.id = _name(batch)
         self.buffered_records -= batch.count
         self.buffered_bytes -= batch.nbytes
+        self._tp_records[slot[0][:2]] -= batch.count
         return batch
 
 

@@ -11,11 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from sink import __version__
-from sink.config import Settings, describe_errors, load_settings, unknown_environment
+from sink.config import (
+    Settings,
+    SettingsError,
+    describe_errors,
+    load_settings,
+    unknown_environment,
+)
 from sink.logs import setup_logging
 from sink.masking import MASK
 
 log = logging.getLogger("sink")
+# Exit codes of `clari-sink run` (README, "Stopping"): 0 stopped cleanly (or drained),
+# 1 a fatal error, 2 invalid settings, 3 stopped, but something was given up at
+# SINK_SHUTDOWN_TIMEOUT_S (sink/stopping.py).
 EXIT_BAD_SETTINGS = 2
 
 
@@ -59,15 +68,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from sink.admin import start_admin
     from sink.pipeline import Pipeline
+    from sink.stopping import exit_now
 
     async def main() -> int:
         pipeline = Pipeline(settings)
+        pipeline.stop_clock.watchdog = True  # this process may be ended by it
         runtime.tune_gc()  # after the imports: they are what it freezes
         try:
-            pipeline.check_kafka_config()
+            for line in await asyncio.to_thread(pipeline.check_kafka_config):
+                log.warning(line)
         except KafkaException as exc:
             print(f"clari-sink: the Kafka client refuses these settings, not starting:\n"
                   f"  - {exc.args[0].str()}", file=sys.stderr)  # fmt: skip
+            return EXIT_BAD_SETTINGS
+        except SettingsError as exc:  # a property librdkafka refuses, a refused login
+            print("clari-sink: Kafka refuses these settings, not starting:", file=sys.stderr)
+            for line in describe_errors(exc):
+                print(f"  - {line}", file=sys.stderr)
             return EXIT_BAD_SETTINGS
         runner = None
         if settings.admin_port:
@@ -79,10 +96,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                       f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
                 return EXIT_BAD_SETTINGS
         try:
-            return await pipeline.run(until_drained=args.until_drained)
+            code = await pipeline.run(until_drained=args.until_drained)
         finally:
             if runner is not None:
                 await runner.cleanup()
+        if not pipeline.stopped_cleanly:
+            # A thread may still be blocked in librdkafka: the interpreter would wait
+            # for it at exit. The stop has done what it could; leave now.
+            exit_now(code)
+        return code
 
     return asyncio.run(main())
 
@@ -138,6 +160,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             text = str(value).lower() if isinstance(value, bool) else str(value)
         print(f"{info.alias or name}={masker.text(text)}")
     print(f"# wire mode: {settings.wire_mode}; content format: {settings.content_format}")
+    if settings.clari_template != "manual":
+        print(f"# isLastBatch: {settings.is_last_batch} ({settings.is_last_batch_reason})")
+    from sink import kafka_check, kafka_config
+
+    for name in sorted(p.variable for p in settings.kafka_properties):
+        prop = next(p for p in settings.kafka_properties if p.variable == name)
+        print(f"{name}={MASK if prop.secret else masker.text(prop.value)}")
+    print("\n".join(kafka_config.describe(settings)))
+    problems = kafka_check.offline_problems(settings)  # librdkafka's word, no connection
+    if problems:
+        print("clari-sink: the Kafka client refuses these settings:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
     return 0
 
 

@@ -36,7 +36,9 @@ class Committer:
             await self.source.commit(positions)
         except Exception as exc:  # KafkaException: retried at the next interval
             self.metrics.commits.labels(result="error").inc()
-            log.warning("offset commit failed (will retry): %s", exc)
+            # While the broker is away its outage is logged once (sink/outage.py).
+            level = logging.DEBUG if self.health.down("kafka") else logging.WARNING
+            log.log(level, "offset commit failed (will retry): %s", exc)
             return
         self.tracker.mark_committed(positions)
         self.lag.record_commit(positions)

@@ -9,6 +9,7 @@ back (see :func:`describe_errors`).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -26,8 +27,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from sink import kafka_config
+from sink.mapping import TIMESTAMP_FORMATS, MappingSettings, parse_pairs
 from sink.masking import (
     MIN_SEARCHED_LEN,
     SAFE_HEADERS,
@@ -134,6 +142,8 @@ SECRET_SETTINGS = (
     "clari_api_token",
     "clari_partner_key",
     "kafka_sasl_password",
+    "kafka_ssl_key_password",
+    "kafka_sasl_oauthbearer_client_secret",
     "schema_registry_password",
     "admin_token",
 )
@@ -154,12 +164,32 @@ class Settings(BaseSettings):
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", alias="KAFKA_SECURITY_PROTOCOL"
     )
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        None, alias="KAFKA_SASL_MECHANISM"
-    )
+    kafka_sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None
+    ) = Field(None, alias="KAFKA_SASL_MECHANISM")
     kafka_sasl_username: str | None = Field(None, alias="KAFKA_SASL_USERNAME")
     kafka_sasl_password: SecretStr | None = Field(None, alias="KAFKA_SASL_PASSWORD")
     kafka_ssl_ca_location: str | None = Field(None, alias="KAFKA_SSL_CA_LOCATION")
+    # mTLS: the client's certificate and key (PEM files), the key's password if encrypted.
+    kafka_ssl_certificate_location: str | None = Field(None, alias="KAFKA_SSL_CERTIFICATE_LOCATION")
+    kafka_ssl_key_location: str | None = Field(None, alias="KAFKA_SSL_KEY_LOCATION")
+    kafka_ssl_key_password: SecretStr | None = Field(None, alias="KAFKA_SSL_KEY_PASSWORD")
+    # OAUTHBEARER through OIDC client credentials (librdkafka's sasl.oauthbearer.method=oidc).
+    kafka_sasl_oauthbearer_client_id: str | None = Field(
+        None, alias="KAFKA_SASL_OAUTHBEARER_CLIENT_ID"
+    )
+    kafka_sasl_oauthbearer_client_secret: SecretStr | None = Field(
+        None, alias="KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET"
+    )
+    kafka_sasl_oauthbearer_token_endpoint_url: str | None = Field(
+        None, alias="KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL"
+    )
+    kafka_sasl_oauthbearer_scope: str | None = Field(None, alias="KAFKA_SASL_OAUTHBEARER_SCOPE")
+    kafka_sasl_oauthbearer_extensions: str | None = Field(
+        None, alias="KAFKA_SASL_OAUTHBEARER_EXTENSIONS"
+    )
+    # What the brokers' logs, quotas and ACL audit show for this sink's connections.
+    kafka_client_id: str = Field(kafka_config.CLIENT_ID, alias="KAFKA_CLIENT_ID")
     kafka_assignment_strategy: Literal["cooperative-sticky", "range", "roundrobin"] = Field(
         "cooperative-sticky", alias="KAFKA_ASSIGNMENT_STRATEGY"
     )
@@ -183,8 +213,9 @@ class Settings(BaseSettings):
     clari_entity_type: str | None = Field(None, alias="CLARI_ENTITY_TYPE")
     clari_mode: str | None = Field(None, alias="CLARI_MODE")
     clari_raw_mode: str | None = Field(None, alias="CLARI_RAW_MODE")
-    clari_is_last_batch: Literal["true", "false", "auto"] = Field(
-        "true", alias="CLARI_IS_LAST_BATCH"
+    # None (unset): resolved by mode, see is_last_batch.
+    clari_is_last_batch: Literal["true", "false", "auto"] | None = Field(
+        None, alias="CLARI_IS_LAST_BATCH"
     )
     clari_source_entity: str | None = Field(None, alias="CLARI_SOURCE_ENTITY")
     clari_auth_style: Literal["apikey", "bearer", "none"] = Field(
@@ -201,6 +232,15 @@ class Settings(BaseSettings):
     clari_allow_insecure_http: bool = Field(False, alias="CLARI_ALLOW_INSECURE_HTTP")
     clari_exclude_attributes: CSV = Field(default_factory=list, alias="CLARI_EXCLUDE_ATTRIBUTES")
     clari_id_field: str = Field("id", alias="CLARI_ID_FIELD")
+
+    # --- CRM topics: envelopes, field mapping, several entities (README "CRM topics") --
+    # Applied in this order: unwrap -> rename -> convert -> exclude (sink/mapping.py).
+    kafka_value_envelope: Literal["none", "debezium"] = Field("none", alias="KAFKA_VALUE_ENVELOPE")
+    sink_deletes: Literal["skip", "dead-letter", "send"] = Field("skip", alias="SINK_DELETES")
+    clari_deleted_attribute: str = Field("isDeleted", alias="CLARI_DELETED_ATTRIBUTE")
+    clari_rename_attributes: str = Field("", alias="CLARI_RENAME_ATTRIBUTES")
+    clari_timestamp_attributes: str = Field("", alias="CLARI_TIMESTAMP_ATTRIBUTES")
+    clari_topic_entities: str = Field("", alias="CLARI_TOPIC_ENTITIES")
 
     # --- Batching ------------------------------------------------------------------
     batch_enabled: bool = Field(True, alias="BATCH_ENABLED")
@@ -236,6 +276,11 @@ class Settings(BaseSettings):
     # 1 for Ingest Bulk Entities (each call is a job of up to 10 MB), else
     # 4 x HTTP_MAX_IN_FLIGHT (so that few active keys share a lane), at most 256.
     key_lanes: int | None = Field(None, ge=1, le=4_096, alias="SINK_KEY_LANES")
+    # What keeps its order: key (records of a message key reach the API in offset
+    # order) or id (records of a record id, CLARI_ID_FIELD: what Clari's state depends on,
+    # for topics whose key is coarser than the record, such as activities keyed by
+    # account, where one hot key would otherwise have one call in flight).
+    order_by: Literal["key", "id"] = Field("key", alias="SINK_ORDER_BY")
     # 0: retry transient failures until they clear; an outage must not empty a topic into
     # the dead-letter topic. A limit trades that for never blocking on one batch.
     retry_max_attempts: int = Field(0, ge=0, alias="RETRY_MAX_ATTEMPTS")
@@ -264,9 +309,32 @@ class Settings(BaseSettings):
 
     # Warnings about accepted values (a stripped newline), for the start-up log.
     _notes: list[str] = PrivateAttr(default_factory=list)
+    # librdkafka properties from KAFKA_CLIENT_*, KAFKA_CONSUMER_*, KAFKA_PRODUCER_*.
+    _kafka_properties: list[kafka_config.Passthrough] = PrivateAttr(default_factory=list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment's client properties are no fields: a source of their own hands
+        # them to _every_problem (a settings file's keys reach it as they are).
+        passthrough = _KafkaPropertiesSource(settings_cls)
+        return init_settings, env_settings, passthrough, dotenv_settings, file_secret_settings
+
+    @property
+    def kafka_properties(self) -> list[kafka_config.Passthrough]:
+        return self._kafka_properties
 
     @field_validator(
         "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_ssl_ca_location",
+        "kafka_ssl_certificate_location", "kafka_ssl_key_location",
+        "kafka_sasl_oauthbearer_client_id", "kafka_sasl_oauthbearer_token_endpoint_url",
+        "kafka_sasl_oauthbearer_scope", "kafka_sasl_oauthbearer_extensions",
         "clari_entity_type", "clari_mode", "clari_raw_mode", "clari_source_entity",
         "clari_url", "clari_content_format", "batch_group_attribute",
         mode="before",
@@ -331,7 +399,10 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return value
 
-    @field_validator("log_level", "kafka_security_protocol", "clari_method", mode="before")
+    @field_validator(
+        "log_level", "kafka_security_protocol", "kafka_sasl_mechanism", "clari_method",
+        mode="before",
+    )  # fmt: skip
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
@@ -346,6 +417,7 @@ class Settings(BaseSettings):
         "kafka_assignment_strategy",
         "log_format",
         "http_rate_sharing",
+        "order_by",
         mode="before",
     )
     @classmethod
@@ -373,6 +445,75 @@ class Settings(BaseSettings):
     @classmethod
     def _safe_headers(cls, value: list[str]) -> list[str]:
         problems = [p for p in map(header_name_problem, value) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("kafka_value_envelope", "sink_deletes", mode="before")
+    @classmethod
+    def _crm_lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("clari_deleted_attribute")
+    @classmethod
+    def _deleted_attribute(cls, value: str) -> str:
+        value = value.strip()
+        if not value or "." in value:
+            raise ValueError("allowed values: a top-level field name, e.g. isDeleted")
+        return value
+
+    @field_validator("clari_rename_attributes")
+    @classmethod
+    def _renames(cls, value: str) -> str:
+        pairs = parse_pairs(value, "From:to (e.g. Id:id,CreatedDate:createdAt)")
+        problems = [f"{old!r} is not a top-level field name" for old, _ in pairs if "." in old]
+        problems += [f"{new!r} is not a top-level field name" for _, new in pairs if "." in new]
+        targets = [new for _, new in pairs]
+        # A chain (a:b,b:c) would read differently applied in turn or at once: refused.
+        sources = {old for old, _ in pairs}
+        problems += [f"{t!r} is renamed and a rename's target" for t in targets
+                     if t in sources and (t, t) not in pairs]  # fmt: skip
+        problems += [f"two fields are renamed to {t!r}" for t in sorted(set(targets))
+                     if targets.count(t) > 1]  # fmt: skip
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("clari_timestamp_attributes")
+    @classmethod
+    def _timestamps(cls, value: str) -> str:
+        pairs = parse_pairs(value, "field:format (e.g. createdAt:iso8601)")
+        allowed = ", ".join(TIMESTAMP_FORMATS)
+        problems = [
+            f"{fmt!r} (for {name}) is not a timestamp format; allowed values: {allowed}"
+            for name, fmt in pairs
+            if fmt.lower() not in TIMESTAMP_FORMATS
+        ]
+        problems += [f"{name!r} is not a top-level field name" for name, _ in pairs if "." in name]
+        names = [name for name, _ in pairs]
+        problems += [f"{n!r} is named twice" for n in sorted(set(names)) if names.count(n) > 1]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("clari_topic_entities")
+    @classmethod
+    def _topic_entities(cls, value: str) -> str:
+        problems = []
+        topics: list[str] = []
+        for topic, rest in parse_pairs(value, "topic:Entity (e.g. crm.accounts:Account)"):
+            entity, _, source = (part.strip() for part in rest.partition(":"))
+            if problem := topic_problem(topic):
+                problems.append(problem)
+            if entity.lower() not in ENTITY_TYPES:
+                allowed = ", ".join(ENTITY_TYPES.values())
+                problems.append(f"{entity!r} (for {topic}) is not an entity type; allowed "
+                                f"values: {allowed}")  # fmt: skip
+            if topic in topics:
+                problems.append(f"topic {topic} is mapped twice")
+            topics.append(topic)
+            if ":" in source:
+                problems.append(f"entry for {topic} has more than topic:Entity:sourceEntity")
         if problems:
             raise ValueError("; ".join(problems))
         return value
@@ -410,6 +551,8 @@ class Settings(BaseSettings):
             except ValidationError as again:  # not expected: field errors are per field
                 raise SettingsError(problems + _field_problems(again, raw_secrets)) from None
         problems += settings._problems(broken)
+        settings._kafka_properties, refused = _kafka_properties(data)
+        problems += refused
         if problems:
             raise SettingsError(problems)
         settings._notes = [
@@ -436,7 +579,11 @@ class Settings(BaseSettings):
         if not ok("clari_template"):
             pass
         elif template != "manual":
-            if ok("clari_entity_type") and self.clari_entity_type is None:
+            if (
+                ok("clari_entity_type", "clari_topic_entities")
+                and self.clari_entity_type is None
+                and not self.topic_entities
+            ):
                 allowed = ", ".join(ENTITY_TYPES.values())
                 add(
                     "CLARI_ENTITY_TYPE",
@@ -498,19 +645,7 @@ class Settings(BaseSettings):
                 "required when CLARI_AUTH_STYLE=apikey: "
                 "Clari needs a partnerkey header on every ingest call",
             )
-        sasl = ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
-        if (
-            ok("kafka_security_protocol", *sasl)
-            and self.kafka_security_protocol.startswith("SASL")
-            and not (
-                self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
-            )
-        ):
-            add(
-                "KAFKA_SASL_MECHANISM",
-                "KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are "
-                f"required with KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}",
-            )
+        problems += self._kafka_problems(ok)
         if (
             ok("kafka_value_format", "schema_registry_url")
             and self.kafka_value_format == "avro"
@@ -548,9 +683,151 @@ class Settings(BaseSettings):
                         f"'{topic}' is also in KAFKA_TOPICS: the sink would consume "
                         "what it writes, without end",
                     )
+        if ok("order_by", "clari_id_field") and self.order_by == "id" and not self.clari_id_field:
+            add("SINK_ORDER_BY", "id needs CLARI_ID_FIELD (the field that holds a record's id)")
         if ok("kafka_topics") and _REQUIRE_TOPICS.get() and not self.kafka_topics:
             add("KAFKA_TOPICS", "required (comma-separated topic names)")
         problems += self._transport_problems(ok)
+        problems += self._crm_problems(ok)
+        return problems
+
+    def _crm_problems(self, ok: Any) -> list[Problem]:
+        """CLARI_TOPIC_ENTITIES against the topics read, and settings an envelope replaces."""
+        problems: list[Problem] = []
+        entities = self.topic_entities if ok("clari_topic_entities") else {}
+        if entities and ok("kafka_topics") and self.kafka_topics:
+            unread = [t for t in entities if t not in self.kafka_topics]
+            if unread:
+                problems.append(Problem(
+                    "CLARI_TOPIC_ENTITIES",
+                    f"maps {', '.join(unread)}, not in KAFKA_TOPICS; allowed values: "
+                    f"topics of KAFKA_TOPICS ({', '.join(self.kafka_topics)})",
+                ))  # fmt: skip
+            unmapped = [t for t in self.kafka_topics if t not in entities]
+            if unmapped and self.clari_entity_type is None and ok("clari_entity_type"):
+                problems.append(Problem(
+                    "CLARI_TOPIC_ENTITIES",
+                    f"no entity type for {', '.join(unmapped)}: map every topic of "
+                    "KAFKA_TOPICS, or set CLARI_ENTITY_TYPE for the others",
+                ))  # fmt: skip
+        renamed = dict(parse_pairs(self.clari_rename_attributes, "From:to"))
+        for variable, field, names in (
+            ("CLARI_TIMESTAMP_ATTRIBUTES", "clari_timestamp_attributes",
+             [n for n, _ in parse_pairs(self.clari_timestamp_attributes, "field:format")]),
+            ("CLARI_EXCLUDE_ATTRIBUTES", "clari_exclude_attributes",
+             [p.split(".")[0] for p in self.clari_exclude_attributes]),
+        ):  # fmt: skip
+            if not ok(field, "clari_rename_attributes"):
+                continue
+            gone = [f"{n} (now {renamed[n]})" for n in dict.fromkeys(names) if n in renamed]
+            if gone:
+                problems.append(Problem(
+                    variable,
+                    f"names {', '.join(gone)} by the name CLARI_RENAME_ATTRIBUTES renames: "
+                    "fields are named as renamed here (unwrap -> rename -> convert -> exclude)",
+                ))  # fmt: skip
+        kinds = {entity for entity, _ in entities.values()}
+        if len(kinds) > 1 and self.clari_source_entity and ok("clari_source_entity"):
+            problems.append(Problem(
+                "CLARI_SOURCE_ENTITY",
+                "one sourceEntity for every entity type of CLARI_TOPIC_ENTITIES; give each "
+                "its own there (topic:Entity:sourceEntity), or leave it unset for crm_<entity>",
+            ))  # fmt: skip
+        if (
+            self.kafka_value_envelope != "none"
+            and "null_values" in self.model_fields_set
+            and ok("kafka_value_envelope", "null_values")
+        ):
+            problems.append(Problem(
+                "SINK_NULL_VALUES",
+                f"with KAFKA_VALUE_ENVELOPE={self.kafka_value_envelope} tombstones follow "
+                "SINK_DELETES (allowed values: skip, dead-letter, send); unset SINK_NULL_VALUES",
+            ))  # fmt: skip
+        return problems
+
+    def _kafka_problems(self, ok: Any) -> list[Problem]:
+        """Kafka security settings that cannot work together."""
+        problems: list[Problem] = []
+        protocol, mechanism = self.kafka_security_protocol, self.kafka_sasl_mechanism
+        sasl = ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+        if not ok("kafka_security_protocol", *sasl):
+            pass
+        elif protocol.startswith("SASL") and mechanism == "OAUTHBEARER":
+            needed = (
+                "kafka_sasl_oauthbearer_client_id",
+                "kafka_sasl_oauthbearer_client_secret",
+                "kafka_sasl_oauthbearer_token_endpoint_url",
+            )
+            missing = [_alias(f) for f in needed if ok(f) and getattr(self, f) is None]
+            if missing:
+                problems.append(
+                    Problem(
+                        missing[0],
+                        f"{', '.join(missing)} required with KAFKA_SASL_MECHANISM=OAUTHBEARER "
+                        "(OIDC client credentials; librdkafka fetches the token)",
+                    )
+                )
+        elif protocol.startswith("SASL") and not (
+            mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            problems.append(
+                Problem(
+                    "KAFKA_SASL_MECHANISM",
+                    "KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are "
+                    f"required with KAFKA_SECURITY_PROTOCOL={protocol}; allowed mechanisms: "
+                    "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER",
+                )
+            )
+        elif ok("kafka_security_protocol", "kafka_sasl_mechanism") and (
+            mechanism and not protocol.startswith("SASL")
+        ):
+            problems.append(
+                Problem(
+                    "KAFKA_SASL_MECHANISM",
+                    f"{mechanism} is used only with KAFKA_SECURITY_PROTOCOL=SASL_SSL or "
+                    f"SASL_PLAINTEXT, not {protocol}",
+                )
+            )
+        cert, key = self.kafka_ssl_certificate_location, self.kafka_ssl_key_location
+        if ok("kafka_ssl_certificate_location", "kafka_ssl_key_location") and bool(cert) != bool(
+            key
+        ):
+            variable = "KAFKA_SSL_KEY_LOCATION" if cert else "KAFKA_SSL_CERTIFICATE_LOCATION"
+            problems.append(
+                Problem(
+                    variable,
+                    "required: a client certificate (mTLS) needs both "
+                    "KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION",
+                )
+            )
+        if ok("kafka_ssl_key_password", "kafka_ssl_key_location") and (
+            self.kafka_ssl_key_password is not None and not key
+        ):
+            problems.append(Problem("KAFKA_SSL_KEY_PASSWORD", "set without KAFKA_SSL_KEY_LOCATION"))
+        files = (
+            "kafka_ssl_ca_location",
+            "kafka_ssl_certificate_location",
+            "kafka_ssl_key_location",
+        )
+        for field in files:
+            path = getattr(self, field)
+            if path is None or not ok(field):
+                continue
+            if not protocol.endswith("SSL") and ok("kafka_security_protocol"):
+                problems.append(
+                    Problem(
+                        _alias(field),
+                        f"set, but KAFKA_SECURITY_PROTOCOL={protocol} encrypts nothing; "
+                        "allowed protocols with it: SSL, SASL_SSL",
+                    )
+                )
+            elif not Path(path).is_file():
+                problems.append(Problem(_alias(field), "no such file (a PEM file)", repr(path)))
+        url = self.kafka_sasl_oauthbearer_token_endpoint_url
+        if url is not None and ok("kafka_sasl_oauthbearer_token_endpoint_url"):
+            why = url_problem(url, "KAFKA_ALLOW_INSECURE_SASL", self.kafka_allow_insecure_sasl)
+            if why:
+                problems.append(Problem("KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL", why))
         return problems
 
     def _transport_problems(self, ok: Any) -> list[Problem]:
@@ -575,15 +852,24 @@ class Settings(BaseSettings):
             problems.append(
                 Problem(
                     "KAFKA_SECURITY_PROTOCOL",
-                    "SASL_PLAINTEXT with KAFKA_SASL_MECHANISM=PLAIN would send the Kafka "
-                    f"password unencrypted to {', '.join(hosts)}; use SASL_SSL, or set "
-                    "KAFKA_ALLOW_INSECURE_SASL=true to allow it",
+                    f"SASL_PLAINTEXT with KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism} "
+                    f"would send the Kafka {self._sasl_secret} unencrypted to "
+                    f"{', '.join(hosts)}; use SASL_SSL, or set KAFKA_ALLOW_INSECURE_SASL=true "
+                    "to allow it",
                 )
             )
         return problems
 
+    @property
+    def _sasl_secret(self) -> str:
+        return "token" if self.kafka_sasl_mechanism == "OAUTHBEARER" else "password"
+
     def _insecure_sasl_hosts(self) -> list[str]:
-        if self.kafka_security_protocol != "SASL_PLAINTEXT" or self.kafka_sasl_mechanism != "PLAIN":
+        # PLAIN sends the password and OAUTHBEARER the token as they are; SCRAM does not.
+        if self.kafka_security_protocol != "SASL_PLAINTEXT" or self.kafka_sasl_mechanism not in (
+            "PLAIN",
+            "OAUTHBEARER",
+        ):
             return []
         return [h for h in broker_hosts(self.kafka_bootstrap_servers) if not is_loopback(h)]
 
@@ -607,11 +893,19 @@ class Settings(BaseSettings):
                 "INSECURE: SCHEMA_REGISTRY_ALLOW_INSECURE_HTTP=true: SCHEMA_REGISTRY_URL is "
                 f"plain http:// to {host}; its credentials and schemas travel unencrypted"
             )
+        if self.initial_load and self.clari_is_last_batch == "true":
+            lines.append(
+                f"CLARI_IS_LAST_BATCH=true with mode {self.mode_label} (mode=initial): every "
+                "call says it is the load's last, so Clari ends the initial load at the first "
+                "call and refuses the calls after it (400, dead-lettered); unset it (auto) to "
+                "close the load once, after everything else landed"
+            )
         hosts = self._insecure_sasl_hosts()
         if hosts and self.kafka_allow_insecure_sasl:
             lines.append(
-                "INSECURE: KAFKA_ALLOW_INSECURE_SASL=true: SASL PLAIN over SASL_PLAINTEXT sends "
-                f"the Kafka password unencrypted to {', '.join(hosts)}"
+                f"INSECURE: KAFKA_ALLOW_INSECURE_SASL=true: SASL {self.kafka_sasl_mechanism} over "
+                f"SASL_PLAINTEXT sends the Kafka {self._sasl_secret} unencrypted to "
+                f"{', '.join(hosts)}"
             )
         return lines
 
@@ -651,12 +945,66 @@ class Settings(BaseSettings):
         return TEMPLATE_MODES.get(self.clari_template, {}).get(self.mode_label, self.mode_label)
 
     @property
+    def initial_load(self) -> bool:
+        """Calls go with ``mode=initial``: Clari ends the load at the first call with
+        isLastBatch=true and refuses ``initial`` after that."""
+        return self.clari_template != "manual" and self.wire_mode.lower() == "initial"
+
+    @property
+    def is_last_batch(self) -> Literal["true", "false", "auto"]:
+        """CLARI_IS_LAST_BATCH as applied: unset means ``auto`` for an initial load (a
+        ``true`` on every call would end the load at its first call) and ``true``, the
+        product's default, otherwise."""
+        if self.clari_is_last_batch is not None:
+            return self.clari_is_last_batch
+        return "auto" if self.initial_load else "true"
+
+    @property
+    def is_last_batch_reason(self) -> str:
+        if self.clari_is_last_batch is not None:
+            return "set by CLARI_IS_LAST_BATCH"
+        if self.initial_load:
+            return (
+                f"unset, mode {self.mode_label} sends mode=initial: the load is closed once, "
+                "by the call that catches up with every partition after all earlier calls "
+                "were answered"
+            )
+        return "unset: the product's default for incremental calls"
+
+    @property
     def source_entity(self) -> str:
         return self.clari_source_entity or f"crm_{self.entity_path or 'entity'}"
 
     @property
     def extra_headers(self) -> dict[str, str]:
         return parse_headers(self.clari_request_headers)
+
+    @property
+    def topic_entities(self) -> dict[str, tuple[str, str | None]]:
+        """CLARI_TOPIC_ENTITIES: topic -> (entity type, its sourceEntity if given)."""
+        out: dict[str, tuple[str, str | None]] = {}
+        for topic, rest in parse_pairs(self.clari_topic_entities, "topic:Entity"):
+            entity, _, source = (part.strip() for part in rest.partition(":"))
+            out[topic] = (ENTITY_TYPES.get(entity.lower(), entity), source or None)
+        return out
+
+    @property
+    def mapping(self) -> MappingSettings | None:
+        """The record mapping, or None when records go as they are decoded."""
+        renames = tuple(parse_pairs(self.clari_rename_attributes, "From:to"))
+        timestamps = tuple(
+            (name, fmt.lower())
+            for name, fmt in parse_pairs(self.clari_timestamp_attributes, "field:format")
+        )
+        if self.kafka_value_envelope == "none" and not renames and not timestamps:
+            return None
+        return MappingSettings(
+            envelope=self.kafka_value_envelope,
+            deletes=self.sink_deletes,
+            deleted_attribute=self.clari_deleted_attribute,
+            renames=renames,
+            timestamps=timestamps,
+        )
 
     def secret_values(self) -> list[str]:
         """Every value to mask wherever it shows (see sink/masking.py)."""
@@ -671,6 +1019,7 @@ class Settings(BaseSettings):
             for name, value in self.extra_headers.items()
             if name.lower() not in safe and len(value) >= MIN_SEARCHED_LEN
         ]
+        values += [p.value for p in self.kafka_properties if p.secret]
         for url in (self.clari_base_url, self.clari_url, self.schema_registry_url):
             if not url:
                 continue
@@ -683,20 +1032,8 @@ class Settings(BaseSettings):
         return Masker(self.secret_values(), self.clari_safe_headers)
 
     def kafka_common(self) -> dict[str, Any]:
-        """librdkafka settings shared by the consumer and the producer."""
-        conf: dict[str, Any] = {
-            "bootstrap.servers": self.kafka_bootstrap_servers,
-            "security.protocol": self.kafka_security_protocol,
-        }
-        if self.kafka_sasl_mechanism:
-            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
-        if self.kafka_sasl_username:
-            conf["sasl.username"] = self.kafka_sasl_username
-        if self.kafka_sasl_password is not None:
-            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
-        if self.kafka_ssl_ca_location:
-            conf["ssl.ca.location"] = self.kafka_ssl_ca_location
-        return conf
+        """librdkafka settings shared by every client (see sink/kafka_config.py)."""
+        return kafka_config.common(self)
 
 
 # Settings never echoed in an error, even when invalid: credentials, and headers that
@@ -809,10 +1146,8 @@ NOT_SETTING_PREFIXES = (
     # devkit (CLARI_SINK_CACHE, CLARI_SINK_KAFKA_VERSION), and the variables Kubernetes
     # sets for the clari-sink-admin Service (CLARI_SINK_ADMIN_SERVICE_HOST, ...).
     "CLARI_SINK_",
-    # Reserved for librdkafka properties passed through as they are (checked by
-    # librdkafka itself when the sink starts).
-    "KAFKA_CONSUMER_",
-    "KAFKA_PRODUCER_",
+    # librdkafka properties passed through (sink/kafka_config.py).
+    *kafka_config.PREFIXES,
 )
 # Kubernetes "service links": <SERVICE>_SERVICE_HOST, <SERVICE>_PORT=tcp://..., ...
 _SERVICE_LINK = re.compile(r"[A-Z0-9_]+_SERVICE_(HOST|PORT(_[A-Z0-9_]+)?)")
@@ -852,7 +1187,7 @@ def _unknown_file_keys(env_file: Path) -> list[Problem]:
             f"(in {env_file})",
         )
         for key in dotenv_values(env_file)
-        if key.upper() not in known
+        if key.upper() not in known and kafka_config.passthrough_of(key, "") is None
     ]
 
 
@@ -876,6 +1211,39 @@ def load_settings(
     if problems:
         raise SettingsError(problems)
     return settings
+
+
+class _KafkaPropertiesSource(PydanticBaseSettingsSource):
+    """The environment's KAFKA_CLIENT_*, KAFKA_CONSUMER_* and KAFKA_PRODUCER_* variables."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {
+            name.lower(): value
+            for name, value in os.environ.items()
+            if kafka_config.passthrough_of(name, value) is not None
+        }
+
+
+def _kafka_properties(
+    data: Mapping[str, Any],
+) -> tuple[list[kafka_config.Passthrough], list[Problem]]:
+    """The client properties among the settings' sources, and those refused (with why)."""
+    props = [
+        p
+        for p in kafka_config.passthrough_from(data, known_settings())
+        # Kubernetes service links of a Service named kafka-client, say, are no properties.
+        if not _SERVICE_LINK.fullmatch(p.variable)
+        and not (_SERVICE_PORT.fullmatch(p.variable) and "://" in p.value)
+    ]
+    problems = [
+        Problem(p.variable, why, None if p.secret else repr(p.value))
+        for p in props
+        if (why := kafka_config.refusal(p))
+    ]
+    return props, problems
 
 
 def _strip_one_newline(value: str) -> str:

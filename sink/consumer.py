@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,58 +24,87 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from sink import kafka_config
 from sink.config import Settings
+from sink.health import Health
 
 log = logging.getLogger(__name__)
 TP = tuple[str, int]
-
-# librdkafka's defaults prefetch up to 64 MB and, once that queue is full, wait a whole
-# second (fetch.queue.backoff.ms) before fetching again. A small queue refilled at once
-# measured 1.24M records/s of 1 KB at 75 MB peak RSS here, against 175k/s at 150 MB
-# with the defaults (bench/README.md).
-FETCH_TUNING: dict[str, Any] = {
-    "queued.max.messages.kbytes": 2_048,
-    "fetch.queue.backoff.ms": 5,
-    "fetch.max.bytes": 4 * 1024 * 1024,
-    "max.partition.fetch.bytes": 512 * 1024,
-}
+# The errors that say a broker cannot be reached: the state goes to /readyz and to the
+# log as one outage (sink/outage.py), each error only to DEBUG. librdkafka reports one
+# per connection attempt of every client, some 40 a second while the broker is away.
+UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
 RebalanceHook = Callable[[list[TP]], None]
+PROBE_EVERY_S = 2.0
+COMMIT_WAIT_S = 5.0
+PROBE_TIMEOUT_S = 1.0
 
 
 def consumer_config(
     settings: Settings, error_cb: Callable[[KafkaError], None] | None = None, group: bool = True
 ) -> dict[str, Any]:
+    # The properties are sink/kafka_config.py's; the callbacks are this module's.
     conf: dict[str, Any] = {
-        **settings.kafka_common(),
-        "group.id": settings.kafka_group_id,
-        "enable.auto.commit": False,
-        # Offsets are stored and committed by the sink itself, only once resolved.
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": settings.kafka_auto_offset_reset,
-        "partition.assignment.strategy": settings.kafka_assignment_strategy,
-        "session.timeout.ms": settings.kafka_session_timeout_ms,
-        "max.poll.interval.ms": settings.kafka_max_poll_interval_ms,
-        "client.id": "clari-sink",
+        **kafka_config.consumer(settings, group),
         "logger": logging.getLogger("librdkafka"),
-        **FETCH_TUNING,
     }
     if error_cb is not None:
         conf["error_cb"] = error_cb
-    if not group:
-        conf["group.id"] = f"{settings.kafka_group_id}.sample"
     return conf
 
 
+def kafka_error_handler(
+    health: Health, on_fatal: Callable[[str], None]
+) -> Callable[[KafkaError], None]:
+    """The consumer's ``error_cb`` (called on the kafka thread)."""
+
+    def on_error(err: KafkaError) -> None:
+        if err.code() in UNREACHABLE:
+            health.fail("kafka", err.str())
+            log.debug("kafka: %s", err)
+            return
+        log.warning("kafka: %s", err)
+        if err.fatal():
+            on_fatal(f"fatal Kafka error: {err}")
+
+    return on_error
+
+
+def close_within(consumer: Consumer, timeout_s: float) -> bool:
+    """``consumer.close()`` on a thread of its own, waited for ``timeout_s`` at most:
+    close() waits for the broker (to commit, to leave the group) as long as it takes.
+    False if it was given up: the thread is left blocked, and the process may exit
+    without it (it is a daemon)."""
+    closer = threading.Thread(target=consumer.close, name="kafka-close", daemon=True)
+    closer.start()
+    closer.join(timeout_s)
+    return not closer.is_alive()
+
+
 class KafkaSource:
-    def __init__(self, settings: Settings, error_cb: Callable[[KafkaError], None]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        error_cb: Callable[[KafkaError], None],
+        health: Health | None = None,
+    ) -> None:
         self.settings = settings
+        self.health = health  # its "kafka" state: commits wait while the broker is away
+        self._next_probe = 0.0
         self.cooperative = settings.kafka_assignment_strategy == "cooperative-sticky"
         self._consumer = Consumer(consumer_config(settings, error_cb))
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka")
+        self._commit_pending: asyncio.Future[None] | None = None
         self.assignment: set[TP] = set()
         self.paused: set[TP] = set()
         self.pause_new = False  # pause partitions as soon as they are assigned (inactive)
         self.mid_rebalance = False
+        self.partition_counts: dict[str, int] = {}  # as of the last partitions_of_topics()
+        # With keep_positions, each partition's next offset to read after the last poll
+        # whose messages the sink has handled (settle_positions); for sink/last_batch.py.
+        self.keep_positions = False
+        self.positions: dict[TP, int] = {}
+        self._polled: dict[TP, int] = {}
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -120,8 +150,39 @@ class KafkaSource:
         self.paused.difference_update(tps)
 
     async def consume(self, max_messages: int, timeout_s: float) -> list[Message]:
-        msgs: list[Message] = await self._call(self._consumer.consume, max_messages, timeout_s)
-        return msgs
+        def poll() -> list[Message]:
+            msgs: list[Message] = self._consumer.consume(max_messages, timeout_s)
+            if self.keep_positions and self.assignment:
+                tps = [TopicPartition(*tp) for tp in self.assignment]
+                got = self._consumer.position(tps)
+                self._polled = {(p.topic, p.partition): p.offset for p in got if p.offset >= 0}
+            return msgs
+
+        polled: list[Message] = await self._call(poll)
+        if self.health is not None and self.health.down("kafka"):
+            await self._probe()
+        return polled
+
+    def settle_positions(self) -> None:
+        """The positions as of the last poll count from now: its messages are handled.
+        (librdkafka's position moves as soon as a poll takes messages, before the sink
+        has them: read then, it let an initial load close with records still unread.)"""
+        self.positions = self._polled
+
+    async def _probe(self) -> None:
+        """While the broker is unreachable, ask it for metadata every PROBE_EVERY_S: the
+        outage ends when it answers, even with no record to consume and none to commit
+        (those end it too, in sink/intake.py and sink/committer.py)."""
+        now = time.monotonic()
+        if now < self._next_probe or self.health is None:
+            return
+        self._next_probe = now + PROBE_EVERY_S
+        try:
+            await self._call(self._consumer.list_topics, timeout=PROBE_TIMEOUT_S)
+        except KafkaException as exc:
+            log.debug("kafka still unreachable: %s", exc)
+            return
+        self.health.clear("kafka")
 
     def commit_now(self, positions: dict[TP, int]) -> None:
         """Synchronous commit, for the kafka thread itself (rebalance callbacks)."""
@@ -129,7 +190,30 @@ class KafkaSource:
             self._consumer.commit(offsets=_tps(positions), asynchronous=False)
 
     async def commit(self, positions: dict[TP, int]) -> None:
-        await self._call(self.commit_now, positions)
+        """Commit ``positions``, waiting COMMIT_WAIT_S at most (KafkaException if not
+        done by then: the caller commits again later).
+
+        A synchronous commit waits for the group coordinator as long as it takes (45 s
+        here, the session timeout, when the broker stopped under it), and every consumer
+        call waits behind it, from any thread: consume(), and with it the error callback
+        that tells the broker is gone. So a commit that gets no answer in time says the
+        broker is unreachable (on /readyz and in the log, at once), and no other is
+        tried until the broker answers again (see _probe). Offsets only grow, and a
+        commit still waiting keeps the next from being issued: none lands out of order."""
+        if self.health is not None and self.health.down("kafka"):
+            raise _deferred("the broker is unreachable")
+        if self._commit_pending is not None and not self._commit_pending.done():
+            raise _deferred("the previous commit still waits for the broker")
+        pending = asyncio.ensure_future(self._call(self.commit_now, positions))
+        self._commit_pending = pending
+        pending.add_done_callback(_quiet)  # its outcome may come after it was given up
+        try:
+            await asyncio.wait_for(asyncio.shield(pending), COMMIT_WAIT_S)
+        except TimeoutError:
+            why = f"an offset commit got no answer within {COMMIT_WAIT_S:g} s"
+            if self.health is not None:
+                self.health.fail("kafka", why)
+            raise _deferred(why) from None
 
     async def pause(self, tps: Iterable[TP]) -> None:
         todo = [tp for tp in tps if tp in self.assignment and tp not in self.paused]
@@ -152,10 +236,15 @@ class KafkaSource:
             try:
                 topics = self._consumer.list_topics(timeout=5).topics
             except KafkaException as exc:
-                log.warning("reading topic metadata: %s", exc)
+                away = self.health is not None and self.health.down("kafka")
+                log.log(
+                    logging.DEBUG if away else logging.WARNING, "reading topic metadata: %s", exc
+                )
                 return None
             wanted = self.settings.kafka_topics
-            return sum(len(topics[t].partitions) for t in wanted if t in topics) or None
+            counts = {t: len(topics[t].partitions) for t in wanted if t in topics}
+            self.partition_counts = counts  # per topic, for sink/last_batch.py
+            return sum(counts.values()) or None
 
         total: int | None = await self._call(query)
         return total
@@ -204,10 +293,27 @@ class KafkaSource:
         while self.mid_rebalance and time.monotonic() < deadline:
             await self.consume(100, 0.2)  # paused: serves callbacks, returns no records
 
-    async def close(self, timeout_s: float = 10) -> None:
-        await self._call(self._leave, timeout_s)
-        await self._call(self._consumer.close)
+    async def close(self, timeout_s: float = 10) -> bool:
+        """Leave the group and close the consumer within ``timeout_s``. False if that
+        could not be done in time (the broker away): the consumer and its thread are
+        then left as they are, for the process to exit without them; the group sees the
+        member go when its session times out."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            await asyncio.wait_for(self._call(self._leave, min(10.0, timeout_s)), timeout_s)
+            # close() itself is not bounded: give up waiting for it, not the wait.
+            left = max(0.0, deadline - time.monotonic())
+            await asyncio.wait_for(self._call(self._consumer.close), left)
+        except TimeoutError:
+            log.error(
+                "the Kafka consumer did not close within %.1f s (broker unreachable?): "
+                "given up; the group will reassign its partitions after the session timeout",
+                timeout_s,
+            )
+            self._thread.shutdown(wait=False)
+            return False
         self._thread.shutdown(wait=True)
+        return True
 
     def _leave(self, timeout_s: float) -> None:
         """Leave the group before closing: close() can hang for good when a rebalance
@@ -227,6 +333,17 @@ class KafkaSource:
                 consumer.consume(100, 0.1)  # serves the revocation
         except KafkaException as exc:
             log.warning("leaving the consumer group before closing: %s", exc)
+
+
+def _quiet(done: asyncio.Future[None]) -> None:
+    """Retrieve the outcome of a commit no one waits for any more (asyncio would log it
+    as never retrieved); committing again later covers it."""
+    if not done.cancelled() and (exc := done.exception()) is not None:
+        log.debug("a commit given up ended: %s", exc)
+
+
+def _deferred(why: str) -> KafkaException:
+    return KafkaException(KafkaError(KafkaError._TRANSPORT, f"commit deferred: {why}"))
 
 
 def _tps(positions: dict[TP, int]) -> list[TopicPartition]:

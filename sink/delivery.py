@@ -169,6 +169,7 @@ def sub_batch(batch: Batch, records: list[SinkRecord], part: int) -> Batch:
     isLastBatch only on the part that ends the batch."""
     sub = Batch(id=f"{batch.id}.{part}", group=batch.group, records=records)
     sub.is_last = batch.is_last and part == 2
+    sub.lanes = batch.lanes  # where it came from (its entity, for sink/last_batch.py)
     return sub
 
 
@@ -184,8 +185,10 @@ class Delivery:
         on_pushback: Callable[[], None] = lambda: None,
         on_success: Callable[[], None] = lambda: None,
         replayer: Replayer | None = None,
+        on_accepted: Callable[[Batch], None] = lambda batch: None,
     ) -> None:
         self.s = settings
+        self.on_accepted = on_accepted  # sink/last_batch.py: an initial load closed
         self.http = http
         self.builder = builder
         self.reporter = reporter
@@ -217,6 +220,10 @@ class Delivery:
             res = await self.http.call(req)
             req.release()  # sent: don't hold a 10 MB bulk file while its job runs
             self._observe(res)
+            entity = self.builder.routes.for_batch(batch).label
+            self.metrics.entity_requests.labels(
+                entity=entity, status=str(res.status or "none")
+            ).inc()
             verdict = classify(res.status)
             body = parse_body(res.body)
             job_id = job_id_of(body) if verdict is Verdict.OK else None
@@ -392,7 +399,9 @@ class Delivery:
             wait = self.backoff.delay(
                 max(attempt, 1) if verdict is Verdict.RETRY else 30, retry_after
             )
-            log.warning(
+            # Detail: the API's state is logged once per outage (sink/outage.py, through
+            # health.fail above), not once per call of every lane.
+            log.debug(
                 "batch %s: %s, retrying in %.2fs (call %d)",
                 batch.id,
                 res.status or self.builder.mask_text(res.error or ""),
@@ -452,6 +461,9 @@ class Delivery:
 
     def _delivered(self, batch: Batch) -> None:
         self.metrics.delivered.inc(batch.size)
+        entity = self.builder.routes.for_batch(batch).label
+        self.metrics.entity_records.labels(entity=entity, outcome="delivered").inc(batch.size)
+        self.on_accepted(batch)
 
     async def _unpark(self, batch: Batch) -> None:
         if batch.parked is not None:

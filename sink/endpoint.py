@@ -10,6 +10,7 @@ from urllib.parse import quote
 from sink import __version__, masking
 from sink.config import Settings
 from sink.decoding import lookup
+from sink.entities import EntityRoutes, Route
 from sink.formats import CONTENT_TYPES, ROW_FORMATS, json_pieces, render_pieces
 from sink.records import Batch
 
@@ -57,6 +58,7 @@ class EndpointBuilder:
         self.base = settings.clari_base_url.rstrip("/")
         self.format = settings.content_format
         self.masker = settings.masker()
+        self.routes = EntityRoutes(settings)  # each batch's entity: its topic's
 
     # -- the pieces ------------------------------------------------------------------
     def credential_headers(self) -> dict[str, str]:
@@ -71,22 +73,22 @@ class EndpointBuilder:
             headers["partnerkey"] = s.clari_partner_key.get_secret_value()
         return headers
 
-    def url_for(self, batch: Batch, is_last: bool) -> str:
+    def url_for(self, batch: Batch, is_last: bool, route: Route | None = None) -> str:
         s = self.s
         last = "true" if is_last else "false"
+        entity = (route or self.routes.for_batch(batch)).path
         if self.template == "upload-entity-data":
             return (
-                f"{self.base}/ingest/entity/{s.entity_path}"
-                f"?mode={quote(s.wire_mode)}&isLastBatch={last}"
+                f"{self.base}/ingest/entity/{entity}?mode={quote(s.wire_mode)}&isLastBatch={last}"
             )
         if self.template == "ingest-bulk-entities":
             return (
-                f"{self.base}/ingest/bulk/entity/{s.entity_path}"
+                f"{self.base}/ingest/bulk/entity/{entity}"
                 f"?mode={quote(s.wire_mode)}&isLastBatch={last}"
             )
         first = batch.first_record()
         fixed: dict[str, str] = {
-            "entity": s.entity_path,
+            "entity": entity,
             "mode": s.wire_mode,
             "isLastBatch": last,
             "topic": first.topic if first else "",
@@ -121,6 +123,7 @@ class EndpointBuilder:
             **self.credential_headers(),
         }
         method = "POST" if self.template != "manual" else s.clari_method
+        route = self.routes.for_batch(batch)
         head = tail = b""
         if self.template == "ingest-bulk-entities":
             boundary = f"clari-sink-{uuid.uuid4().hex}"
@@ -129,12 +132,12 @@ class EndpointBuilder:
         else:
             headers["Content-Type"] = CONTENT_TYPES[self.format]
         if self.format in ROW_FORMATS:  # built from the decoded records
-            pieces = render_pieces(self.format, batch.records, s.source_entity, head, tail)
+            pieces = render_pieces(self.format, batch.records, route.source_entity, head, tail)
         else:  # joined from the bodies, without making a record of each message
-            pieces = json_pieces(self.format, batch.bodies(), s.source_entity, head, tail)
+            pieces = json_pieces(self.format, batch.bodies(), route.source_entity, head, tail)
         return PreparedRequest(
             method=method,
-            url=self.url_for(batch, is_last),
+            url=self.url_for(batch, is_last, route),
             headers=headers,
             pieces=pieces,
             records=batch.count,

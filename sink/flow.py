@@ -128,6 +128,12 @@ class Dispatcher:
         # Cut batches without waiting for their linger: the topic is caught up (a one-off
         # load ends) or the sink stops. They still wait for their lanes, and merge.
         self.flushing = False
+        # Batches cut from the batcher to start now, during pump() (seen by `holds`).
+        self.cut: deque[Batch] = deque()
+        # Whether a batch must not start yet though its lane and a slot are free (an
+        # initial load's closing call, see sink/last_batch.py); it stays first in its lane.
+        self.holds: Callable[[Batch], bool] = lambda batch: False
+        self.held: Batch | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     # -- queueing ------------------------------------------------------------------------
@@ -154,11 +160,12 @@ class Dispatcher:
 
     def waiting_work(self) -> bool:
         """Batches wait for their lane, or are still open."""
-        return bool(self.queues) or self.batcher.open_batches > 0
+        return bool(self.queues) or self.held is not None or self.batcher.open_batches > 0
 
     def held_bytes(self) -> int:
         """Bytes of the batches waiting and in flight."""
         waiting = sum(b.nbytes for q in self.queues.values() for b in q)
+        waiting += self.held.nbytes if self.held is not None else 0
         return waiting + sum(b.nbytes for b in self.in_flight.values())
 
     # -- starting ------------------------------------------------------------------------
@@ -167,16 +174,20 @@ class Dispatcher:
         then lingered open batches of idle lanes."""
         if not self.active:
             return
-        cut: deque[Batch] = deque()
+        cut = self.cut
         asked = False
         while self.sending < self.limit.current:
             now = time.monotonic()
             wait = self.pace.wait_s(now)
             if wait > 0:
-                if self.ready or cut or self.flushing or self.batcher.lingering():
+                if self.ready or cut or self.held or self.flushing or self.batcher.lingering():
                     self._wake_in(wait)
                 break
-            if self.ready:
+            if self.held is not None:
+                if self.holds(self.held):
+                    break  # nothing else to start: the held batch was the last one
+                batch, self.held = self.held, None
+            elif self.ready:
                 lane = self.ready.popleft()
                 queue = self.queues[lane]
                 batch = queue.popleft()
@@ -197,17 +208,30 @@ class Dispatcher:
                 if not all(map(self.idle, batch.lanes)):  # two groups of one lane lingered
                     self.add([batch])
                     continue
+            if self._hold(batch):
+                break
             self._start(batch, now)
             while cut and self.sending < self.limit.current:
                 batch = cut.popleft()
-                if all(map(self.idle, batch.lanes)):
-                    self._start(batch, now)
-                else:
+                if not all(map(self.idle, batch.lanes)):
                     self.add([batch])
+                elif not self._hold(batch):
+                    self._start(batch, now)
         else:
             if self.ready or self.batcher.lingering() or self.flushing:
                 self.limit.wanted = True  # work waits for a slot: let the limit grow
         self.add(cut)  # cut, then no slot left: first in their lanes
+        cut.clear()
+
+    def _hold(self, batch: Batch) -> bool:
+        """Keep ``batch`` from starting while ``holds`` says so: its lanes stay taken,
+        so nothing of theirs overtakes it."""
+        if not self.holds(batch):
+            return False
+        self.held = batch
+        for lane in batch.lanes:
+            self.busy[lane] = batch
+        return True
 
     def _wake_in(self, seconds: float) -> None:
         if self._timer is None:
@@ -248,6 +272,8 @@ class Dispatcher:
             return
         self._sent(batch)
         self._finished(batch, task)
+        if not self.in_flight and self.held is not None:
+            self.pump()  # the held closing call goes now
 
     # -- rebalances and stopping -------------------------------------------------------
     def drop(self, tps: set[TP]) -> list[asyncio.Task[None]]:
@@ -255,6 +281,10 @@ class Dispatcher:
         for lane in [lane for lane in self.queues if lane[:2] in tps]:
             del self.queues[lane]
         self.ready = deque(lane for lane in self.ready if lane[:2] not in tps)
+        if self.held is not None and any(lane[:2] in tps for lane in self.held.lanes):
+            for lane in self.held.lanes:
+                del self.busy[lane]
+            self.held = None
         return [t for t, b in self.in_flight.items() if b.lane is not None and b.lane[:2] in tps]
 
     async def finish(

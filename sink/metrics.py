@@ -86,6 +86,19 @@ class Metrics:
             p + "produce_errors", "Failed writes to output topics", ["topic"], registry=r
         )
         self.healthy = Gauge(p + "healthy", "1 when no component reports a problem", registry=r)
+        # Per Clari entity (CLARI_TOPIC_ENTITIES: several in one deployment; sink/entities.py).
+        self.entity_records = Counter(
+            p + "entity_records",
+            "Records per Clari entity by outcome (delivered, dead-lettered)",
+            ["entity", "outcome"],
+            registry=r,
+        )
+        self.entity_requests = Counter(
+            p + "entity_api_requests",
+            "Ingest and bulk calls per Clari entity by HTTP status ('none': no answer)",
+            ["entity", "status"],
+            registry=r,
+        )
         # Per assigned partition, updated on the commit cadence (sink/lag.py).
         self.lag = Gauge(
             p + "consumer_lag",

@@ -14,13 +14,12 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError
-
+from sink import kafka_check, kafka_config
 from sink.avro import registry_for
 from sink.batching import Batcher
 from sink.committer import Committer
 from sink.config import Settings
-from sink.consumer import KafkaSource, consumer_config
+from sink.consumer import KafkaSource, kafka_error_handler
 from sink.decoding import Shaper
 from sink.delivery import Delivery
 from sink.endpoint import EndpointBuilder
@@ -39,6 +38,7 @@ from sink.rejects import Rejects
 from sink.replay import Replayer, ReplayError
 from sink.reporting import Reporter
 from sink.schema_wait import CONSUME_BATCH, IDLE_POLL_S, with_schemas
+from sink.stopping import EXIT_FATAL, EXIT_OK, EXIT_UNCLEAN, StopClock, run_until_stopped, shut_down
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,9 @@ class Pipeline:
         self.health = health or Health.for_settings(settings)
         self.tracker = OffsetTracker()
         self.registry = registry_for(settings)  # None: values are JSON
-        self.shaper = Shaper(
-            settings.clari_exclude_attributes,
-            decode=self.registry.decode if self.registry is not None else None,
+        self.shaper = Shaper.for_settings(
+            settings,
+            self.registry.decode if self.registry is not None else None,
             contract=settings.clari_template != "manual",  # Clari's id, createdAt, updatedAt
         )
         self.builder = EndpointBuilder(settings)
@@ -72,10 +72,13 @@ class Pipeline:
             self.health,
         )  # fmt: skip
         self.last_batch = LastBatch(
-            settings.clari_is_last_batch, self.batcher, self.flow, self.tracker
-        )
+            settings.is_last_batch, settings.initial_load, self.batcher, self.flow,
+            self.tracker, lambda topic: self.builder.routes.for_topic(topic).path,
+        )  # fmt: skip
         self.flow.active = self.active = settings.active
         self._stop = asyncio.Event()
+        self.stop_clock = StopClock(settings.shutdown_timeout_s)
+        self.stopped_cleanly = False  # every step of the stop finished in time
         self._fatal: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.source: KafkaSource | None = None
@@ -93,12 +96,12 @@ class Pipeline:
     def backpressure(self) -> bool:
         return bool(self.pressure.full) or self.pressure.bytes_full
 
-    def check_kafka_config(self) -> None:
-        """Let librdkafka judge its settings before anything starts (raises KafkaException)."""
-        Consumer(consumer_config(self.s)).close()
+    def check_kafka_config(self) -> list[str]:  # librdkafka's and the broker's word on them
+        return kafka_check.check(self.s)  # raises SettingsError; returns warnings
 
     def request_stop(self) -> None:
         log.info("stop requested: draining in-flight batches")
+        self.stop_clock.begin()
         self._stop.set()
 
     async def run(self, until_drained: bool = False) -> int:
@@ -109,7 +112,7 @@ class Pipeline:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 self._loop.add_signal_handler(sig, self.request_stop)
         producer = AsyncProducer(
-            {**self.s.kafka_common(), "logger": logging.getLogger("librdkafka")}
+            {**kafka_config.producer(self.s), "logger": logging.getLogger("librdkafka")}
         )
         reporter = Reporter(
             producer,
@@ -120,16 +123,18 @@ class Pipeline:
             health=self.health,
         )
         self.rejects.reporter = reporter
-        self.source = KafkaSource(self.s, self._on_kafka_error)
+        on_error = kafka_error_handler(self.health, self._fail_soon)
+        self.source = KafkaSource(self.s, on_error, self.health)
         self.committer = Committer(self.source, self.tracker, self.metrics, self.health)
         self.last_batch.source = self.source
+        self.source.keep_positions = self.last_batch.initial_load
         self.source.pause_new = not self.active
         s = self.s
         async with self.http as http:
             self.delivery = Delivery(
                 s, http, self.builder, reporter, self.metrics, self.health,
                 on_pushback=self.limit.pushback, on_success=self.limit.success,
-                replayer=Replayer(s, self.shaper),
+                replayer=Replayer(s, self.shaper), on_accepted=self.last_batch.accepted,
             )  # fmt: skip
             self.rebalance = Rebalance(
                 self.source, self._loop, self.tracker, self.batcher, self.flow, self.rejects,
@@ -142,13 +147,13 @@ class Pipeline:
                        "template": s.clari_template, "active": self.active},
             )  # fmt: skip
             try:
-                await self._main_loop(until_drained)
+                await run_until_stopped(self._main_loop(until_drained), self._stop, self.stop_clock)
             finally:
-                await self._shutdown(producer)
+                clean = self.stopped_cleanly = await shut_down(self, producer, self.stop_clock)
         if self._fatal is not None:
             log.error("sink stopped on a fatal error: %s", self._fatal)
-            return 1
-        return 0
+            return EXIT_FATAL
+        return EXIT_OK if clean else EXIT_UNCLEAN
 
     async def _main_loop(self, until_drained: bool) -> None:
         assert self.source is not None
@@ -161,11 +166,12 @@ class Pipeline:
                 msgs = await with_schemas(self.registry, self.source, msgs, self.health, self._stop)
             if msgs:
                 self.flow.flushing = False  # more came: batches fill again
+            await self.rebalance.refresh_share()  # before a call of a new assignment
             self.intake.handle(msgs)
+            self.source.settle_positions()
             if self._fatal is not None:
                 return
             self.flow.pump()
-            await self.rebalance.refresh_share()
             await self._apply_backpressure()
             now = time.monotonic()
             if now >= next_commit:
@@ -184,34 +190,15 @@ class Pipeline:
             return IDLE_POLL_S
         return min(IDLE_POLL_S, max(0.005, deadline - time.monotonic()))
 
-    async def _shutdown(self, producer: AsyncProducer) -> None:
-        assert self.source is not None
-        deadline = time.monotonic() + self.s.shutdown_timeout_s
-        abandoned = await self.flow.finish(
-            deadline, self.rejects.tasks, lambda: self._fatal is not None
-        )
-        if abandoned:
-            log.warning(
-                "%d deliveries did not finish in time; their records stay "
-                "uncommitted and will be consumed again",
-                len(abandoned),
-            )
-        if self._fatal is None:
-            await self.commit()
-        self.update_gauges()
-        if self.source.mid_rebalance:
-            await self.source.settle_rebalance(timeout_s=10)
-        await self.source.close()
-        producer.close()
-        log.info("sink stopped", extra={"consumed": self.consumed})
-
-    @property
-    def consumed(self) -> int:
-        return self.intake.consumed
-
     def _fail(self, exc: BaseException) -> None:
         self._fatal = exc
+        self.stop_clock.fatal = True
         self._stop.set()
+
+    def _fail_soon(self, text: str) -> None:
+        """_fail from another thread (librdkafka's callbacks)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._fail, RuntimeError(text))
 
     def _deliver(self, batch: Batch, on_sent: Callable[[], None]) -> Coroutine[Any, Any, None]:
         assert self.delivery is not None
@@ -220,7 +207,7 @@ class Pipeline:
     def _prepare(self, batch: Batch) -> None:
         """What depends on the moment a batch is sent."""
         self.metrics.batch_records.observe(batch.count)
-        batch.is_last = self.last_batch.now()
+        batch.is_last = self.last_batch.now(batch)
         batch.covers = batch.covered()
 
     def _finished(self, batch: Batch, task: asyncio.Task[None]) -> None:
@@ -289,11 +276,3 @@ class Pipeline:
         m.batches_waiting.set(self.flow.waiting)
         if self.source is not None:
             m.assigned.set(len(self.source.assignment))
-
-    def _on_kafka_error(self, err: KafkaError) -> None:
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
-            self.health.fail("kafka", str(err))
-        log.warning("kafka: %s", err)
-        if err.fatal() and self._loop is not None:
-            self._fatal = RuntimeError(f"fatal Kafka error: {err}")
-            self._loop.call_soon_threadsafe(self._stop.set)

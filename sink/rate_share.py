@@ -27,10 +27,10 @@ class RateShare:
     def update(self, assigned: int, partitions_total: int | None) -> None:
         """Recompute for ``assigned`` partitions of ``partitions_total`` (None: unknown,
         the last known total is used)."""
+        if partitions_total:
+            self.partitions_total = partitions_total  # also read by sink/last_batch.py
         if self.sharing != "partitions":
             return
-        if partitions_total:
-            self.partitions_total = partitions_total
         whole = self.partitions_total
         if not whole:
             return  # nothing known yet: keep the current share

@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from heapq import merge
 from itertools import groupby
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, cast
 
 import orjson
@@ -88,6 +87,7 @@ Lane = tuple[str, int, int]  # (topic, partition, slot): see sink/batching.py
 
 _TP_OF = attrgetter("topic", "partition")
 _OFFSET_OF = attrgetter("offset")
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 _KEY_OF = attrgetter("key")
 BODY_OF = attrgetter("body")  # a record's body, for map() over many
 
@@ -233,12 +233,12 @@ class Batch:
             return sum(len(o) for o in self.parked.values())
         return self.count
 
-    def bodies(self) -> list[bytes]:
-        """Each record's body, in order: what the request sends."""
+    def bodies(self, count: int | None = None) -> list[bytes]:
+        """Each record's body (of the first ``count``), in order: what the request sends."""
         msgs = self._messages
         if msgs is not None:
-            return list(map(_MSG_VALUE, msgs))  # type: ignore[arg-type]
-        return list(map(BODY_OF, self._records))
+            return list(map(_MSG_VALUE, msgs[:count]))  # type: ignore[arg-type]
+        return list(map(BODY_OF, self._records[:count]))
 
     def first_record(self) -> SinkRecord | None:
         """The first record, without making the others."""
@@ -274,23 +274,31 @@ class Batch:
     def lane(self) -> Lane | None:
         return self.lanes[0] if self.lanes else None
 
-    def absorb(self, other: Batch) -> None:
-        """Take ``other``'s records: a lingered batch of another lane of the same
+    def absorb(self, others: list[Batch]) -> None:
+        """Take ``others``' records: lingered batches of other lanes of the same
         partition, merged so that thin traffic makes full calls. The records stay in
         offset order (as a reader of the request expects, and each key's order with it),
-        and so do the offsets, as the offset tracker needs."""
+        and so do the offsets, as the offset tracker needs. One sort for all of them:
+        Timsort merges the sorted runs in C (merging them one by one took a tenth of the
+        sink's CPU with 768 lanes at Clari's rate, bench/README.md)."""
         msgs, rids = self._messages, self._rids
-        if msgs is not None and rids is not None and other._messages is not None:
-            pairs = merge(zip(msgs, rids, strict=True),
-                          zip(other._messages, other._rids or (), strict=True),
-                          key=_pair_offset)  # fmt: skip
-            self._messages, self._rids = map(list, zip(*pairs, strict=True))
+        if msgs is not None and rids is not None and all(o._messages for o in others):
+            pairs = list(zip(msgs, rids, strict=True))
+            for other in others:
+                pairs += zip(other._messages or (), other._rids or (), strict=True)
+            pairs.sort(key=_pair_offset)
+            self._messages = list(map(_FIRST, pairs))
+            self._rids = list(map(_SECOND, pairs))
         else:
-            self._records = list(merge(self.records, other.records, key=_OFFSET_OF))
+            records = list(self.records)
+            for other in others:
+                records += other.records
+            records.sort(key=_OFFSET_OF)
+            self._records = records
             self._messages = self._rids = None
         self.offsets = None  # found again, in order
-        self.nbytes += other.nbytes
-        self.lanes = (*self.lanes, *other.lanes)
+        self.nbytes += sum(other.nbytes for other in others)
+        self.lanes = (*self.lanes, *(lane for other in others for lane in other.lanes))
         self.key_set = self.shown_keys = None
 
     def head_ids(self, count: int) -> list[Any]:

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 
 from sink.decoding import RecordError
+from sink.mapping import SkipRecord
 from sink.metrics import Metrics
 from sink.offsets import OffsetTracker
 from sink.records import SinkRecord
@@ -33,6 +34,10 @@ class Rejects:
         self.tasks: set[asyncio.Task[None]] = set()  # dead letters being written
 
     def reject(self, record: SinkRecord, exc: RecordError) -> None:
+        if isinstance(exc, SkipRecord):  # a delete, by SINK_DELETES (sink/mapping.py)
+            self.metrics.skipped.labels(reason=exc.reason).inc()
+            self.tracker.resolve(record.topic, record.partition, record.offset)
+            return
         if exc.reason == "null-value":
             if self.null_policy == "skip":
                 self.metrics.skipped.labels(reason="null-value").inc()

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from sink.config import Settings
-from sink.consumer import consumer_config
+from sink.consumer import close_within, consumer_config
 from sink.decoding import RecordError, Shaper, record_id
 from sink.records import Offsets, SinkRecord
 
 log = logging.getLogger(__name__)
+CLOSE_TIMEOUT_S = 5.0  # it joined no group and commits nothing: close() has little to do
 
 
 class ReplayError(Exception):
@@ -35,6 +37,7 @@ class Replayer:
         self.s = settings
         self.shaper = shaper
         self.timeout_s = timeout_s
+        self.stopping = threading.Event()  # set by the stop: a read-back in progress ends
 
     async def fetch(self, offsets: Offsets) -> list[SinkRecord]:
         """The records at ``offsets``, shaped as when first consumed, in partition and
@@ -42,6 +45,8 @@ class Replayer:
         return await asyncio.to_thread(self._fetch, offsets)
 
     def _fetch(self, offsets: Offsets) -> list[SinkRecord]:
+        # The group consumer's connection, security and KAFKA_CONSUMER_* properties
+        # (sink/kafka_config.py): it reads the same topics from the same brokers.
         conf = consumer_config(self.s, group=False)
         conf["group.id"] = f"{self.s.kafka_group_id}.replay"
         conf["enable.partition.eof"] = True
@@ -54,7 +59,7 @@ class Replayer:
         try:
             consumer.assign([TopicPartition(t, p, min(wanted[(t, p)])) for t, p in wanted])
             deadline = time.monotonic() + self.timeout_s
-            while open_tps and time.monotonic() < deadline:
+            while open_tps and time.monotonic() < deadline and not self.stopping.is_set():
                 for msg in consumer.consume(1_000, 0.5):
                     err = msg.error()
                     if err is not None:
@@ -71,7 +76,8 @@ class Replayer:
                     if record.offset >= last[tp]:
                         open_tps.discard(tp)
         finally:
-            consumer.close()
+            if not close_within(consumer, CLOSE_TIMEOUT_S):
+                log.warning("the read-back consumer did not close in time (broker away?)")
         missing = sum(len(wanted[tp]) - len(found[tp]) for tp in wanted)
         if missing:
             raise ReplayError(

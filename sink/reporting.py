@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -144,6 +145,7 @@ class Reporter:
         self.response_topic = response_topic
         self.dlq_topic = dlq_topic
         self._mask = builder.mask_text
+        self._routes = builder.routes
         self._metrics = metrics
         self._health = health
 
@@ -162,8 +164,11 @@ class Reporter:
         """Publish one API call and its answer (a no-op when the response webhook is off)."""
         if self.response_topic is None:
             return
+        route = self._routes.for_batch(batch)
         message = {
             "batchId": batch.id,
+            "entity": route.path or None,
+            "sourceEntity": route.source_entity,
             "kind": kind,
             "attempt": attempt,
             "outcome": outcome,
@@ -259,6 +264,9 @@ class Reporter:
             writes.append(self._write(self.dlq_topic, r.value, r.key, headers))
         await asyncio.gather(*writes)
         self._metrics.dead_lettered.labels(reason=reason).inc(len(records))
+        for topic, count in Counter(r.topic for r in records).items():
+            entity = self._routes.for_topic(topic).label
+            self._metrics.entity_records.labels(entity=entity, outcome="dead-lettered").inc(count)
         log.warning(
             "dead-lettered %d record(s)",
             len(records),
@@ -324,7 +332,9 @@ class Reporter:
                 )
             else:
                 self._health.fail("output-topics", str(err))
-                log.error(
+                # With the broker away, its outage is what the log tells (sink/outage.py).
+                log.log(
+                    logging.DEBUG if self._health.down("kafka") else logging.ERROR,
                     "cannot write to topic '%s'; the affected offsets stay uncommitted "
                     "and the write is retried in %.1fs: %s",
                     topic,

@@ -20,9 +20,10 @@ from sink.avro import RegistryUnavailable, registry_for
 from sink.batching import Batcher, grouping_function
 from sink.config import Settings
 from sink.consumer import consumer_config
-from sink.decoding import RecordError, Shaper
+from sink.decoding import RecordError, Shaper, json_default
 from sink.endpoint import EndpointBuilder, PreparedRequest
 from sink.http_client import HttpClient
+from sink.mapping import SkipRecord
 from sink.records import Batch, SinkRecord
 
 
@@ -61,10 +62,49 @@ async def shaper_for(settings: Settings, records: list[SinkRecord]) -> Shaper:
     registry = registry_for(settings)
     if registry is not None:
         await registry.fetch(registry.missing(r.value for r in records))
-    return Shaper(
-        settings.clari_exclude_attributes,
-        decode=registry.decode if registry is not None else None,
+    return Shaper.for_settings(
+        settings, registry.decode if registry is not None else None, contract=False
     )
+
+
+MAPPED_SHOWN = 3  # records shown before and after mapping
+SKIPPED = "skipped, "  # a rejection that is a skip (SINK_DELETES), not a dead letter
+
+
+def mapped_examples(
+    records: list[SinkRecord], shaper: Shaper, limit: int = MAPPED_SHOWN
+) -> list[dict[str, Any]]:
+    """The first records as decoded and as mapped (sink/mapping.py), or why they are not
+    sent: what a user checks the mapping settings against."""
+    shown: list[dict[str, Any]] = []
+    for record in records[:limit]:
+        copy = SinkRecord(record.topic, record.partition, record.offset, record.key,
+                          record.value, record.headers, record.timestamp_ms)  # fmt: skip
+        try:
+            before = shaper.decode_value(copy)
+        except (RecordError, ValueError) as exc:
+            before = f"(cannot be decoded: {exc})"
+        try:
+            after: Any = shaper.shape(copy)
+        except RecordError as exc:
+            after = f"(not sent: {exc})"
+        shown.append({"record": record.where, "before": before, "after": after})
+    return shown
+
+
+def _masked_json(value: Any, builder: EndpointBuilder) -> Any:
+    """``value`` through the settings' masking, as JSON again (as text should a masked
+    value have broken the JSON)."""
+    text = builder.mask_text(orjson.dumps(value, default=json_default).decode())
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def _json_text(value: Any, builder: EndpointBuilder) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value, default=json_default).decode()
+    return builder.mask_text(text)
 
 
 def sample_requests(
@@ -84,10 +124,14 @@ def sample_requests(
     for record in records:
         try:
             batches.extend(batcher.add(record, shaper.shape(record)))
+        except SkipRecord as exc:
+            rejected.append((record, f"{SKIPPED}{exc}"))
         except RecordError as exc:
             rejected.append((record, str(exc)))
     batches.extend(batcher.flush())
-    is_last = settings.clari_is_last_batch != "false"
+    # Under auto only the call that ends a load says true; a sample (or test-send: a real
+    # call) must never end the user's initial load.
+    is_last = settings.is_last_batch == "true"
     return [builder.build(b, is_last) for b in batches], rejected
 
 
@@ -121,12 +165,14 @@ def print_samples(settings: Settings, limit: int, as_json: bool) -> int:
     except RegistryUnavailable as exc:
         print(f"clari-sink: the schema registry is unavailable: {exc}", file=sys.stderr)
         return 1
+    mapped = mapped_examples(records, shaper) if shaper.maps else []
     requests, rejected = sample_requests(settings, records, shaper)
     shown = [describe(r, builder) for r in requests]
     if as_json:
         print(
             orjson.dumps(
                 {
+                    "mapped": _masked_json(mapped, builder),
                     "requests": shown,
                     "rejected": [
                         {"record": r.where, "reason": builder.mask_text(why)} for r, why in rejected
@@ -136,6 +182,11 @@ def print_samples(settings: Settings, limit: int, as_json: bool) -> int:
             ).decode()
         )
         return 0
+    for example in mapped:
+        print(f"--- {example['record']} before mapping")
+        print(_json_text(example["before"], builder))
+        print("--- after mapping (what Clari is sent)")
+        print(_json_text(example["after"], builder))
     for i, req in enumerate(shown, 1):
         print(f"--- sample request {i} of {len(shown)} ({req['records']} records)")
         print(f"{req['method']} {req['url']}")
@@ -149,7 +200,10 @@ def print_samples(settings: Settings, limit: int, as_json: bool) -> int:
             else orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()
         )
     for record, why in rejected:
-        print(f"--- {record.where} would go to the dead-letter topic: {builder.mask_text(why)}")
+        fate = (
+            "would be skipped" if why.startswith(SKIPPED) else "would go to the dead-letter topic"
+        )
+        print(f"--- {record.where} {fate}: {builder.mask_text(why.removeprefix(SKIPPED))}")
     return 0
 
 
@@ -165,7 +219,7 @@ async def test_send(settings: Settings, body: bytes | None, limit: int) -> int:
     if requests:
         req = requests[0]
     else:
-        req = builder.build(Batch(id="test", group=""), settings.clari_is_last_batch != "false")
+        req = builder.build(Batch(id="test", group=""), settings.is_last_batch == "true")
     if body is not None:
         req.body = body
     async with HttpClient(settings.http_timeout_s, settings.http_rate_limit, 1) as http:

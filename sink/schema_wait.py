@@ -44,8 +44,8 @@ async def with_schemas(
         return stop.is_set()
 
     def unavailable(text: str) -> None:
-        health.fail("schema-registry", text)
-        log.warning("schema registry unavailable, records wait (retrying): %s", text)
+        health.fail("schema-registry", text)  # logged once per outage (sink/outage.py)
+        log.debug("schema registry unavailable, records wait (retrying): %s", text)
 
     fetched = False
     while missing := registry.missing(m.value() for m in msgs if m.error() is None):

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from devkit import kafka_local
+from tests import real_registry
 from tests.support import Emulator, SinkProcess
 
 FAULT_REPORT: list[dict[str, Any]] = []
@@ -34,6 +35,21 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kafka_local.Bro
 def kafka(broker: kafka_local.Broker | None) -> str:
     """Bootstrap address of a real broker."""
     return broker.bootstrap if broker is not None else os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+
+
+@pytest.fixture(scope="session")
+def schema_registry(
+    kafka: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[real_registry.RealRegistry]:
+    """A real Schema Registry (Karapace) for this run, basic auth on; skipped with the
+    reason when ../shared/tools is absent, failed under CI=true (tests/real_registry.py)."""
+    tool = real_registry.require_tool()
+    started = real_registry.session_registry(tool, kafka, tmp_path_factory.mktemp("registry"))
+    try:
+        yield started
+    finally:
+        if started.running:
+            started.stop()
 
 
 @pytest.fixture

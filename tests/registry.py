@@ -1,6 +1,12 @@
-"""A Confluent-compatible Schema Registry, the part a consumer uses, for the Avro tests:
-register a schema under a subject, read it by id or by subject and version. Optional
-basic auth; ``down`` makes it answer 503."""
+"""A hand-written Confluent-compatible Schema Registry, the part a consumer uses: register
+a schema under a subject, read it by id or by subject and version. Optional basic auth.
+
+The Avro tests run against a real registry (tests/real_registry.py). This one is kept
+only for what a real one cannot be made to do on demand: answer 503 (``down``), stay in
+the moment after a start when Karapace answers "not found" for schemas it has not read
+yet while its ``/_health`` says it is not ready (``starting``), serve a registry without
+a ``/_health`` page, as Confluent's (``health_page``), and hold a schema whose reference
+names a subject that does not exist (a real one refuses to register it)."""
 
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ class Registry(LoopbackApp):
             else None
         )
         self.down = False
+        self.starting = False  # every schema "not found", /_health not ready
+        self.health_page = True  # False: no /_health at all (404), as Confluent's
         self.requests: list[str] = []
         self._by_id: dict[int, dict[str, Any]] = {}
         self._subjects: dict[str, list[int]] = {}
@@ -45,6 +53,7 @@ class Registry(LoopbackApp):
             [
                 web.get("/schemas/ids/{id}", self._schema_by_id),
                 web.get("/subjects/{subject}/versions/{version}", self._version),
+                web.get("/_health", self._health),
             ]
         )
         return app
@@ -58,13 +67,22 @@ class Registry(LoopbackApp):
         self.requests.append(request.path)
         if self.down:
             return web.json_response({"error_code": 50301, "message": "unavailable"}, status=503)
-        if self.auth and request.headers.get("Authorization") != self.auth:
+        open_page = request.path == "/_health"  # as Karapace's
+        if self.auth and not open_page and request.headers.get("Authorization") != self.auth:
             return web.json_response({"error_code": 401, "message": "Unauthorized"}, status=401)
         result: web.StreamResponse = await handler(request)
         return result
 
+    async def _health(self, _: web.Request) -> web.Response:
+        if not self.health_page:
+            return web.json_response({"error_code": 404, "message": "Not Found"}, status=404)
+        # The fields Karapace's page has that a consumer may read.
+        ready = not self.starting
+        status = {"schema_registry_ready": ready, "schema_registry_is_primary": ready}
+        return web.json_response({"status": status, "healthy": True})
+
     async def _schema_by_id(self, request: web.Request) -> web.Response:
-        found = self._by_id.get(int(request.match_info["id"]))
+        found = None if self.starting else self._by_id.get(int(request.match_info["id"]))
         if found is None:
             return web.json_response(
                 {"error_code": 40403, "message": "Schema not found"}, status=404

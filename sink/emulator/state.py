@@ -205,6 +205,10 @@ class EmulatorState:
     jobs: dict[str, Job] = field(default_factory=dict)
     initial_done: set[str] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=dict)
+    # Records accepted per entity of the path, and per data set's sourceEntity (known
+    # only when bodies are read, not with --no-store): several entities in one sink.
+    by_entity: dict[str, int] = field(default_factory=dict)
+    by_source_entity: dict[str, int] = field(default_factory=dict)
     _windows: dict[str, deque[float]] = field(default_factory=dict)
     # Every call with a valid token in the last second (refused ones too), and the most
     # seen in any one-second window: what Clari's 100 calls/s per token is judged on.
@@ -230,6 +234,8 @@ class EmulatorState:
         self.jobs.clear()
         self.initial_done.clear()
         self.counters.clear()
+        self.by_entity.clear()
+        self.by_source_entity.clear()
         self._windows.clear()
         self._calls.clear()
         self.max_calls_in_second.clear()
@@ -292,6 +298,12 @@ class EmulatorState:
         if self.tracking is not None:
             self.tracking.add(received.marks)
         self.count("records_accepted", n)
+        entity = str(meta.get("entity"))
+        self.by_entity[entity] = self.by_entity.get(entity, 0) + n
+        for ds in received.datasets:
+            source = str(ds.get("sourceEntity"))
+            count = len(ds.get("records") or ())
+            self.by_source_entity[source] = self.by_source_entity.get(source, 0) + count
         if n:
             self.first_accept = self.first_accept or time.time()
             self.last_accept = time.time()

@@ -55,11 +55,14 @@ def test_key_distributions_are_what_they_claim() -> None:
 
 def test_the_full_matrix_fits_its_time_budget(capsys: pytest.CaptureFixture[str]) -> None:
     names = [s.name for s in matrix.matrix()]
-    assert len(names) == len(set(names)) == 3 * 3 * 2 + 2
+    # Three distributions x three latencies x limit or not, 8 in flight, two members, and
+    # the hot key ordered by id at two settings.
+    assert len(names) == len(set(names)) == 3 * 3 * 2 + 2 + 2
     assert set(matrix.QUICK) <= set(names)
     assert [s.name for s in matrix.select(["hot20-*-lifted"], quick=False)] == [
         "hot20-0ms-lifted", "hot20-50ms-lifted", "hot20-200ms-lifted",
     ]  # fmt: skip
+    assert {s.env.get("SINK_ORDER_BY") for s in matrix.select(["*-order-id"], False)} == {"id"}
     assert bench_main(["--plan"]) == 0
     minutes = int(capsys.readouterr().out.rsplit("about ", 1)[1].split()[0])
     assert 20 <= minutes <= 40

@@ -21,10 +21,34 @@ def test_defaults_follow_the_seed() -> None:
     s = Settings(**BASE)
     assert s.clari_template == "upload-entity-data"
     assert s.mode_label == "incremental" and s.wire_mode == "incremental"
-    assert s.clari_is_last_batch == "true"
+    assert s.is_last_batch == "true"
     assert s.batch_size == 100 and s.batch_enabled and s.batch_grouping == "size"
     assert s.content_format == "clari-datasets"
     assert s.http_rate_limit == 100
+
+
+@pytest.mark.parametrize(
+    ("template", "mode", "setting", "applied"),
+    [
+        ("upload-entity-data", "Incremental", None, "true"),
+        ("upload-entity-data", "Full", None, "auto"),
+        ("ingest-bulk-entities", "Upsert", None, "true"),
+        ("ingest-bulk-entities", "Replace", None, "auto"),
+        ("ingest-bulk-entities", "Replace", "false", "false"),
+        ("upload-entity-data", "Full", "true", "true"),
+    ],
+)
+def test_an_initial_load_closes_automatically_unless_told_otherwise(
+    template: str, mode: str, setting: str | None, applied: str
+) -> None:
+    """A ``true`` on every call of an initial load would end it at its first call."""
+    extra = {"CLARI_IS_LAST_BATCH": setting} if setting else {}
+    s = Settings(**{**BASE, "CLARI_TEMPLATE": template, "CLARI_MODE": mode, **extra})
+    assert s.is_last_batch == applied
+    warned = [w for w in s.warnings() if w.startswith("CLARI_IS_LAST_BATCH=true")]
+    assert bool(warned) == (setting == "true")
+    if warned:
+        assert "refuses the calls after it" in warned[0]
 
 
 @pytest.mark.parametrize(
@@ -202,3 +226,10 @@ def test_the_readmes_example_of_the_error_output_is_what_the_cli_prints() -> Non
     done = cli(env, "run")
     assert done.returncode == 2
     assert done.stderr == example
+
+
+def test_order_by_id_needs_an_id_field() -> None:
+    assert Settings(**BASE, SINK_ORDER_BY="ID").order_by == "id"
+    problems = errors(SINK_ORDER_BY="id", CLARI_ID_FIELD="")
+    assert any("SINK_ORDER_BY" in p and "CLARI_ID_FIELD" in p for p in problems), problems
+    assert any("SINK_ORDER_BY" in p and "key" in p for p in errors(SINK_ORDER_BY="account"))

@@ -257,3 +257,55 @@ def test_a_lane_split_for_a_merged_call_keeps_filling() -> None:
     offsets = [r.offset for x in later for r in x.records]
     assert offsets == sorted(offsets) and len(offsets) == 30 - 10
     assert all(x.covered() == {("t", 0): [r.offset for r in x.records]} for x in later)
+
+
+def test_a_partition_holding_a_full_call_over_many_lanes_is_cut_before_its_linger() -> None:
+    """Under load 200 keys spread over many lanes fill none of them: a partition whose
+    lanes hold a call's worth goes now, full; a thinner one waits for the linger."""
+    b = Batcher(max_records=100, max_bytes=1_000_000, linger_s=60.0, group_of=None, lanes=64)
+    spec = [(i, f"key{i % 200}") for i in range(250)]
+    closed, _ = b.add_messages(msgs(spec), list(range(250)))
+    assert closed == []  # no lane is full
+    calls = b.due(limit=4)
+    assert [c.count for c in calls] == [100, 100]  # the 50 left wait: not a full call
+    assert b.buffered_records == 50
+    for call in calls:
+        assert [r.offset for r in call.records] == sorted(r.offset for r in call.records)
+    assert b.due(limit=4) == []
+    # With the limit one call at a time; another partition's thin traffic waits.
+    b.add_messages(msgs([(i, "other") for i in range(10)], partition=1), list(range(10)))
+    assert b.due(limit=4) == []
+
+
+def test_order_by_id_spreads_one_hot_key_over_lanes_and_keeps_each_id_in_one() -> None:
+    """SINK_ORDER_BY=id: a key's records with different ids go to different lanes (a hot
+    key is no longer one call at a time); one id, as number or text, keeps one lane."""
+    b = Batcher(max_records=100, max_bytes=1_000_000, linger_s=60.0, group_of=None, lanes=16,
+                order_by="id")  # fmt: skip
+    spec = [(i, "hot") for i in range(64)]
+    rids: list[object] = [f"ACC{i % 32}" for i in range(64)]
+    b.add_messages(msgs(spec), rids)
+    calls = b.flush()
+    lanes_of_id: dict[object, set[object]] = {}
+    for call in calls:
+        for r in call.records:
+            lanes_of_id.setdefault(r.rid, set()).add(call.lane)
+    assert len({call.lane for call in calls}) > 8  # one key, many lanes
+    assert all(len(lanes) == 1 for lanes in lanes_of_id.values())
+    assert b.lane_of("t", 0, b._order_keys([7])[0], 0) == b.lane_of("t", 0, b"7", 0)
+    by_key = Batcher(max_records=100, max_bytes=1_000_000, linger_s=60.0, group_of=None,
+                     lanes=16)  # fmt: skip
+    by_key.add_messages(msgs(spec), rids)
+    assert len({call.lane for call in by_key.flush()}) == 1
+
+
+def test_a_busy_lanes_records_do_not_make_small_calls_of_the_rest() -> None:
+    """A hot key's lane is busy holding 90 records; the other lanes' 20 records are not a
+    full call: they wait for their linger instead of going as a call of 20."""
+    b = Batcher(max_records=100, max_bytes=1_000_000, linger_s=60.0, group_of=None, lanes=64)
+    hot_lane = b.lane_of("t", 0, b"hot", 0)
+    spec = [(i, "hot") for i in range(90)] + [(90 + i, f"key{i}") for i in range(20)]
+    b.add_messages(msgs(spec), list(range(110)))
+    assert b.due(lambda lane: lane != hot_lane, limit=4) == []
+    (call,) = b.due(limit=4)  # the hot lane free again: one full call
+    assert call.count == 100

@@ -1,0 +1,162 @@
+"""While the broker is gone (issue 18): the sink says so once, stops on time, and
+delivers everything once the broker is back.
+
+These tests stop a broker, so they run their own (the session's broker stays up for
+the other tests running meanwhile), started once for the module.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devkit import kafka_local
+from devkit.kafka_local import Broker, free_port
+from tests.delivery_check import check, ids, keyed
+from tests.support import (
+    Emulator,
+    SinkProcess,
+    create_topic,
+    produce,
+    sink_env,
+    unique,
+    wait_all_committed,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+OUTAGE_S = 60  # the issue's scenario: long enough for librdkafka's reconnect storms
+SHUTDOWN_TIMEOUT_S = 5
+LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\w+)\s+(\S+): (.*)$")
+
+
+@pytest.fixture(scope="module")
+def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    started = kafka_local.start(tmp_path_factory.mktemp("outage-kafka"))
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def running(broker: Broker) -> Broker:
+    """``broker``, started again if an earlier test left it stopped."""
+    if broker.process is None or broker.process.poll() is not None:
+        broker.restart()
+    return broker
+
+
+def loud_lines(text: str) -> list[str]:
+    """The log lines at INFO and above (text format), without their timestamps."""
+    out = []
+    for line in text.splitlines():
+        m = LINE.match(line)
+        if m and m.group(1) in ("INFO", "WARNING", "ERROR", "CRITICAL"):
+            out.append(f"{m.group(1)} {m.group(2)}: {m.group(3)}")
+    return out
+
+
+def admin_get(port: int, path: str) -> Any:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as err:
+        body = err.read()
+    return body.decode() if path == "/metrics" else json.loads(body)
+
+
+def test_a_broker_outage_is_logged_once_and_delivery_resumes_with_nothing_lost(
+    own_broker: Broker, emulator: Emulator, logs: Path
+) -> None:
+    broker = running(own_broker)
+    kafka = broker.bootstrap
+    n_before, n_after = 3_000, 2_000
+    topic = create_topic(kafka, unique("outage"), partitions=3)
+    produce(kafka, topic, (keyed(i, 100) for i in range(n_before)))
+    emulator.state.faults.latency_ms = 50  # calls in flight when the broker goes
+    port = free_port()
+    # A short session: the coordinator, back, forgets the member in 6 s, not 45.
+    env = sink_env(kafka, emulator, topic, ADMIN_PORT=port, KAFKA_SESSION_TIMEOUT_MS=6_000)
+    sink = SinkProcess(env, log_dir=logs).start()
+    assert sink.proc is not None
+    wait_until(lambda: len(emulator.records()) > 500, 30, what="delivery under way")
+    before = sink.output()
+    broker.stop()
+    stopped_at = time.monotonic()
+    emulator.state.faults.latency_ms = 0
+    wait_until(
+        lambda: "kafka" in admin_get(port, "/readyz").get("problems", {}),
+        20,
+        what="/readyz reporting the broker",
+    )
+    problem = admin_get(port, "/readyz")["problems"]["kafka"]
+    assert "clari_sink_healthy 0.0" in admin_get(port, "/metrics")
+    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped_at)))
+    assert sink.proc.poll() is None, sink.output()
+    broker.restart()
+    produce(kafka, topic, (keyed(i, 100) for i in range(n_before, n_before + n_after)))
+    n = n_before + n_after
+    wait_until(
+        lambda: len({r["record"]["id"] for r in emulator.records()}) >= n,
+        120,
+        what="everything delivered after the outage",
+    )
+    wait_all_committed(kafka, env, topic, 60)
+    wait_until(lambda: admin_get(port, "/readyz")["status"] == "ready", 30, what="ready again")
+    during = sink.output()[len(before) :]
+    sink.signal(signal.SIGTERM)
+    assert sink.wait(60) == 0, sink.output()
+
+    out = check(emulator, ids(0, n))
+    assert out.lost == 0 and out.invented == 0, sink.output()
+    lines = loud_lines(during)
+    shown = "\n".join(lines)
+    # What an operator reads about a minute without a broker: it went (where, why), a
+    # reminder, it is back (after how long); the group's own account of a rejoin, if
+    # the coordinator dropped the member meanwhile. Not a line per connection attempt.
+    assert len(lines) <= 8, f"{len(lines)} lines at INFO and above:\n{shown}"
+    gone = [x for x in lines if "Kafka broker unreachable (" in x]
+    back = [x for x in lines if "Kafka broker reachable again (" in x]
+    assert len(gone) == 1 and kafka in gone[0], shown
+    assert len(back) == 1 and re.search(r"after \d+ s", back[0]), shown
+    assert not [x for x in lines if "_TRANSPORT" in x or " FAIL " in x], shown
+    assert problem["message"] and problem["since"] and problem["failures"] >= 1
+
+
+def test_sigterm_with_the_broker_stopped_exits_within_the_shutdown_timeout(
+    own_broker: Broker, emulator: Emulator, logs: Path
+) -> None:
+    broker = running(own_broker)
+    kafka = broker.bootstrap
+    topic = create_topic(kafka, unique("gone"), partitions=3)
+    produce(kafka, topic, (keyed(i, 50) for i in range(20_000)))
+    env = sink_env(kafka, emulator, topic, SINK_SHUTDOWN_TIMEOUT_S=SHUTDOWN_TIMEOUT_S)
+    sink = SinkProcess(env, log_dir=logs).start()
+    assert sink.proc is not None
+    wait_until(lambda: len(emulator.records()) >= 500, 60, what="delivery under way")
+    # Answers slower than the stop: calls in flight, records buffered, commits due.
+    emulator.state.faults.latency_ms = 8_000
+    broker.stop()  # left stopped: a later test starts it again
+    wait_until(lambda: "Kafka broker unreachable" in sink.output(), 30, what="the outage seen")
+    started = time.monotonic()
+    sink.signal(signal.SIGTERM)
+    code = sink.wait(SHUTDOWN_TIMEOUT_S + 30)
+    took = time.monotonic() - started
+    out = sink.output()
+    assert took <= SHUTDOWN_TIMEOUT_S + 2, f"stopped in {took:.1f} s:\n{out}"
+    # Not clean: the consumer could not leave its group; exit 3 says so, and the log why.
+    assert code == 3, f"exit {code}:\n{out}"
+    assert "did not close within" in out and "sink stopped (not cleanly" in out, out
+    assert "deliveries did not finish in time" in out, out  # work in flight, given up
+    # and none started after that: the stop is the last thing the sink says.
+    assert "sink stopped (not cleanly" in out.strip().splitlines()[-1], out

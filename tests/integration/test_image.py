@@ -26,7 +26,7 @@ from tests.support import (
 
 pytestmark = pytest.mark.integration
 IMAGE = "localhost/clari-sink:test"
-RECORDS = 6_000
+RECORDS = 20_000
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +97,10 @@ def test_sink_delivers_from_the_broker_and_drains_on_sigterm(
         # Not the image's 8080: the health check must follow it.
         "ADMIN_PORT": str(admin_port), "ADMIN_HOST": "127.0.0.1",
         "SINK_KEY_LANES": "1", "SINK_COMMIT_INTERVAL_MS": "200", "LOG_FORMAT": "text",
-        # 3 calls of 10 records a second (1 s each): minutes of work, SIGTERM comes first;
-        # the drain sends what is queued for 10 s, then gives up what is left uncommitted.
-        "BATCH_SIZE": "10", "SINK_SHUTDOWN_TIMEOUT_S": "10",
+        # Calls of 1 s, one per partition at a time: about a minute of work, so SIGTERM
+        # comes mid-stream; little buffered, so the drain (what is queued too) ends in a
+        # few seconds, well within SINK_SHUTDOWN_TIMEOUT_S: a clean stop, exit 0.
+        "SINK_MAX_BUFFERED_RECORDS": "300",
     }  # fmt: skip
     env_args = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
     run([*engine, "run", "-d", "--name", sink, *hardened, *env_args, IMAGE, "run"])
@@ -142,5 +143,7 @@ def test_sink_delivers_from_the_broker_and_drains_on_sigterm(
     missing = [v for v in below if json.loads(v)["id"] not in received]
     print(f"SIGTERM after {len(received)} of {RECORDS} records; committed {offsets}")
     assert below and not missing, (offsets, len(missing), logs[-3000:])
+    # The drain finished what it had sent and committed it: exactly what Clari took.
+    assert sum(offsets.values()) == len(received), (offsets, len(received), logs[-3000:])
     assert sum(offsets.values()) < RECORDS  # it was stopped mid-stream: the drain was tested
     assert "img-token" not in logs and "img-partner" not in logs

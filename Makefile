@@ -9,6 +9,20 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: setup demo test unit lint kafka-jars schema-registry bench clean
 
+# Deployment tools, as a user has them; .ci/run points them at ../shared/tools when
+# Docker is absent. Exported: the image, compose and chart tests run these commands.
+ENGINE ?= docker
+COMPOSE ?= docker compose
+HELM ?= helm
+K8S_VALIDATE ?= k8s-validate
+KUBE_HERE ?= ../shared/tools/kube-here
+PROMETHEUS_HERE ?= ../shared/tools/prometheus-here
+IMAGE ?= clari-sink:dev
+SEED_IMAGE ?= clari-sink-seed:dev
+CHART := deploy/helm/clari-sink
+export ENGINE COMPOSE HELM K8S_VALIDATE KUBE_HERE PROMETHEUS_HERE
+.PHONY: image seed-image compose-up compose-down chart-check manifests deploy-check
+
 $(STAMP): pyproject.toml
 	@$(PY) -c 'import sys; sys.exit("Python 3.11 or newer is needed (set PY=...)") if sys.version_info < (3, 11) else None'
 	$(PY) -m venv $(VENV)
@@ -50,6 +64,35 @@ bench: $(STAMP) kafka-jars
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m bench.peer fetch
 	$(BIN)/python -m bench.run $(ARGS)
+
+# The sink's image (default target) and the demo seeder's (target seed).
+image:
+	$(ENGINE) build --target sink -t $(IMAGE) .
+
+seed-image:
+	$(ENGINE) build --target seed -t $(SEED_IMAGE) .
+
+compose-up:
+	$(COMPOSE) up -d --build
+
+compose-down:
+	$(COMPOSE) down
+
+# Offline: helm lint --strict, and the chart's output and deploy/kubernetes validated
+# for Kubernetes 1.29 and the newest schema (also run by `make test`).
+chart-check:
+	$(HELM) lint --strict $(CHART)
+	$(K8S_VALIDATE) --helm $(CHART) deploy/kubernetes
+
+# deploy/kubernetes/clari-sink.yaml is the chart rendered with deploy/helm/plain-manifests.values.yaml.
+manifests:
+	$(BIN)/python -m deploy.checks.render --helm "$(HELM)" --write
+
+# Against a real API server and a real Prometheus (deploy/README.md, "How it was tested"):
+# about 3 minutes once the tools are built.
+deploy-check: $(STAMP) kafka-jars
+	bash deploy/checks/kube.sh
+	$(BIN)/python -m deploy.checks.prometheus_check
 
 clean:
 	rm -rf $(VENV) .local .mypy_cache .ruff_cache .pytest_cache

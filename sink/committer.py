@@ -6,6 +6,7 @@ import logging
 
 from sink.consumer import KafkaSource
 from sink.health import Health
+from sink.lag import LagMeter
 from sink.metrics import Metrics
 from sink.offsets import OffsetTracker
 
@@ -20,8 +21,13 @@ class Committer:
         self.tracker = tracker
         self.metrics = metrics
         self.health = health
+        self.lag = LagMeter(source, metrics, lambda tp: tracker.positions([tp]).get(tp))
 
     async def commit(self) -> None:
+        await self._commit()
+        await self.lag.update()  # the commit cadence is the lag metrics' cadence too
+
+    async def _commit(self) -> None:
         owned = self.source.assignment
         positions = {tp: pos for tp, pos in self.tracker.committable().items() if tp in owned}
         if not positions:
@@ -35,6 +41,7 @@ class Committer:
             log.log(level, "offset commit failed (will retry): %s", exc)
             return
         self.tracker.mark_committed(positions)
+        self.lag.record_commit(positions)
         self.metrics.commits.labels(result="ok").inc()
         self.health.clear("kafka")
 

@@ -99,3 +99,16 @@ class Metrics:
             ["entity", "status"],
             registry=r,
         )
+        # Per assigned partition, updated on the commit cadence (sink/lag.py).
+        self.lag = Gauge(
+            p + "consumer_lag",
+            "Records between the partition's end and the group's committed offset",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.commit_age = Gauge(
+            p + "committed_offset_age_seconds",
+            "Seconds since the committed offset last moved while records wait (0 when none)",
+            ["topic", "partition"],
+            registry=r,
+        )

@@ -81,6 +81,12 @@ class LastBatch:
                 self.closed.add(entity)
                 log.info("initial load of %s closed: its isLastBatch=true call accepted", entity)
 
+    def _assigned(self) -> list[tuple[str, int]]:
+        """The assignment, copied at once: the Kafka thread changes it in rebalance
+        callbacks while the event loop may be reading it (list() of a set holds the GIL)."""
+        assert self.source is not None
+        return list(self.source.assignment)
+
     def _entity(self, batch: Batch) -> str:
         return self.entity_of(batch.lanes[0][0])
 
@@ -95,7 +101,7 @@ class LastBatch:
             if other is not batch and other.lanes and self._entity(other) == entity:
                 return False
         assert self.source is not None
-        tps = [tp for tp in self.source.assignment if tp[0] in topics]
+        tps = [tp for tp in self._assigned() if tp[0] in topics]
         return sum(map(self.tracker.unresolved, tps)) <= batch.count
 
     def _closes(self, entity: str, topics: set[str]) -> bool:
@@ -109,7 +115,7 @@ class LastBatch:
         if self.source is None:
             return False
         strict = self.initial_load  # an unknown end or position is not an end
-        for tp in self.source.assignment:
+        for tp in self._assigned():
             if topics is not None and tp[0] not in topics:
                 continue
             high = self.source.cached_high_watermark(tp)
@@ -135,7 +141,7 @@ class LastBatch:
         assert self.source is not None
         counts = self.source.partition_counts
         total = sum(counts.get(t, 0) for t in topics) if topics <= counts.keys() else None
-        held = sum(1 for tp in self.source.assignment if tp[0] in topics)
+        held = sum(1 for tp in self._assigned() if tp[0] in topics)
         if total is not None and held >= total:
             return True
         if entity not in self._told_partial:

@@ -161,14 +161,15 @@ class Pipeline:
         next_drain_check = 0.0
         while not self._stop.is_set():
             self.health.beat()
-            msgs = await self.source.consume(CONSUME_BATCH, self._poll_timeout())
+            msgs = polled = await self.source.consume(CONSUME_BATCH, self._poll_timeout())
             if self.registry is not None and msgs:
                 msgs = await with_schemas(self.registry, self.source, msgs, self.health, self._stop)
             if msgs:
                 self.flow.flushing = False  # more came: batches fill again
             await self.rebalance.refresh_share()  # before a call of a new assignment
             self.intake.handle(msgs)
-            self.source.settle_positions()
+            if len(msgs) == len(polled):  # not cut short by a stop while schemas were awaited
+                self.source.settle_positions()
             if self._fatal is not None:
                 return
             self.flow.pump()

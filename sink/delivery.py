@@ -183,6 +183,7 @@ class Delivery:
         metrics: Metrics,
         health: Health,
         on_pushback: Callable[[], None] = lambda: None,
+        on_rate_limited: Callable[[], None] = lambda: None,
         on_success: Callable[[], None] = lambda: None,
         replayer: Replayer | None = None,
         on_accepted: Callable[[Batch], None] = lambda batch: None,
@@ -195,6 +196,7 @@ class Delivery:
         self.metrics = metrics
         self.health = health
         self.on_pushback = on_pushback
+        self.on_rate_limited = on_rate_limited
         self.on_success = on_success
         self.replayer = replayer
         self.backoff = Backoff(
@@ -376,7 +378,9 @@ class Delivery:
             else:
                 # aiohttp's error text can carry the URL: mask any secret a user put there.
                 self.health.fail("api", self.builder.mask_text(f"HTTP {res.status or res.error}"))
-            if res.status in PUSHBACK:
+            if res.status == 429:
+                self.on_rate_limited()  # the rate, not the calls in flight (rate_share.py)
+            elif res.status in PUSHBACK:
                 self.on_pushback()
             exhausted = verdict is Verdict.RETRY and self._exhausted(attempt)
             if exhausted:

@@ -9,7 +9,8 @@ is Confluent's Parallel Consumer's key order, with lanes so that calls stay full
 
 *Concurrency.* At most ``limit.current`` batches wait for the API's final answer. The
 limit starts at 8, grows by one for each call that succeeds while batches wait for a
-slot, and halves while the API pushes back (429, 503). It never passes
+slot, and halves while the API is overloaded (503; a 429 slows the rate instead, see
+sink/rate_share.py). It never passes
 HTTP_MAX_IN_FLIGHT. So at any latency the sink has enough calls in flight to reach the
 rate limit, and no more.
 

@@ -134,6 +134,7 @@ class Pipeline:
             self.delivery = Delivery(
                 s, http, self.builder, reporter, self.metrics, self.health,
                 on_pushback=self.limit.pushback, on_success=self.limit.success,
+                on_rate_limited=self.rate.pushback,
                 replayer=Replayer(s, self.shaper), on_accepted=self.last_batch.accepted,
             )  # fmt: skip
             self.rebalance = Rebalance(
@@ -167,6 +168,7 @@ class Pipeline:
             if msgs:
                 self.flow.flushing = False  # more came: batches fill again
             await self.rebalance.refresh_share()  # before a call of a new assignment
+            self.rate.tick()
             self.intake.handle(msgs)
             if len(msgs) == len(polled):  # not cut short by a stop while schemas were awaited
                 self.source.settle_positions()

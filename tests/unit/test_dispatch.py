@@ -101,7 +101,7 @@ async def test_capacity_follows_the_concurrency_limit() -> None:
     feed(flow, batcher, msgs([(i, f"k{i}") for i in range(5)]))
     await settle()
     assert len(held.started) == 2
-    flow.limit.pushback()  # a 429: halve
+    flow.limit.pushback()  # a 503: halve
     held.release(held.started[0])
     await settle()
     assert len(held.started) == 2  # one in flight is now the limit

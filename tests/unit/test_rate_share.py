@@ -25,3 +25,29 @@ def test_sharing_none_keeps_the_whole_rate_per_member() -> None:
     share = RateShare(100.0, "none", lambda r: None)
     share.update(1, 6)
     assert share.current == 100.0
+
+
+def test_a_429_slows_the_rate_for_a_while_and_429s_that_go_on_keep_slowing_it(
+    monkeypatch: object,
+) -> None:
+    import sink.rate_share as rs
+
+    now = [1_000.0]
+    monkeypatch.setattr(rs.time, "monotonic", lambda: now[0])  # type: ignore[attr-defined]
+    applied: list[float] = []
+    share = RateShare(100.0, "partitions", applied.append)
+    share.update(3, 6)  # 50 calls/s
+    share.pushback()
+    assert applied[-1] == 45.0  # a tenth off
+    share.pushback()  # the same burst: no second cut
+    assert applied[-1] == 45.0
+    now[0] += 1.0
+    share.tick()
+    assert round(applied[-1], 2) == 47.5  # 5 % of the rate back per second
+    share.update(6, 6)  # a rebalance meanwhile: the new share, still slowed
+    assert round(applied[-1], 2) == 95.0
+    share.pushback()  # another 429 a second later: cut from where it was
+    assert round(applied[-1], 2) == 85.5
+    now[0] += 10.0
+    share.tick()
+    assert applied[-1] == 100.0 and share.factor == 1.0

@@ -105,6 +105,12 @@ class KafkaSource:
         self.keep_positions = False
         self.positions: dict[TP, int] = {}
         self._polled: dict[TP, int] = {}
+        # Each partition's end offset as of the last poll, read on the Kafka thread: a
+        # cached get_watermark_offsets() is no broker round trip, but it waits for the
+        # client's lock, and a synchronous commit to a broker that is gone held that for
+        # over 5 s (py-spy, tests/integration/test_broker_outage.py): read on the event
+        # loop, it froze /readyz and every call in flight.
+        self._highs: dict[TP, int] = {}
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -152,6 +158,8 @@ class KafkaSource:
     async def consume(self, max_messages: int, timeout_s: float) -> list[Message]:
         def poll() -> list[Message]:
             msgs: list[Message] = self._consumer.consume(max_messages, timeout_s)
+            if self.assignment:
+                self._highs = self._read_highs()
             if self.keep_positions and self.assignment:
                 tps = [TopicPartition(*tp) for tp in self.assignment]
                 got = self._consumer.position(tps)
@@ -249,13 +257,21 @@ class KafkaSource:
         total: int | None = await self._call(query)
         return total
 
+    def _read_highs(self) -> dict[TP, int]:
+        """The assigned partitions' end offsets as of their last fetch (Kafka thread)."""
+        highs: dict[TP, int] = {}
+        for tp in self.assignment:
+            try:
+                _low, high = self._consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                highs[tp] = int(high)
+        return highs
+
     def cached_high_watermark(self, tp: TP) -> int | None:
-        """The partition's end offset as of the last fetch (no broker round trip)."""
-        try:
-            _low, high = self._consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
-        except KafkaException:
-            return None
-        return None if high < 0 else int(high)
+        """The partition's end offset as of the last poll (no call into the client)."""
+        return self._highs.get(tp)
 
     async def end_offsets(self, tps: list[TP]) -> dict[TP, tuple[int, int]]:
         def query() -> dict[TP, tuple[int, int]]:

@@ -214,6 +214,14 @@ def watch(
         time.sleep(0.25)
 
 
+def _seconds(by_second: dict[str, int]) -> list[int]:
+    """Calls per second from the first second with a call to the last, gaps as 0."""
+    if not by_second:
+        return []
+    seen = {int(k): v for k, v in by_second.items()}
+    return [seen.get(s, 0) for s in range(min(seen), max(seen) + 1)]
+
+
 def figures(
     stats: dict[str, Any],
     n: int,
@@ -252,6 +260,8 @@ def figures(
         "calls_per_s": round(calls / call_span, 1) if call_span > 0 else None,
         "ok_calls_per_s": round(ok / call_span, 1) if call_span > 0 else None,
         "max_calls_in_any_second": stats.get("maxCallsInAnySecond"),
+        # Each whole second's calls, first to last: a run's ramp, its pace, its tail.
+        "calls_by_second": _seconds(stats.get("callsBySecond") or {}),
         "records_per_call": round(accepted / ok, 1) if ok else None,
         "in_flight_mean": flight.get("mean"),
         "in_flight_max": flight.get("max"),

@@ -24,11 +24,13 @@ class RateShare:
     anyway: arrival jitter bunching evenly spaced calls, or another client on the same
     token. Either way the lever is the rate, not the calls in flight (halving those cost
     about a second at half speed per 429 at 200 ms a call: 6 % of a run with three). So a
-    burst of 429s takes a tenth off the rate, given back at 5 % of it a second; 429s
-    that go on keep taking it down."""
+    burst of 429s takes 5 % off the rate, given back at 2.5 % of it a second: a lone burst
+    (jitter) costs a quarter of what a tenth off, 5 % back a second did (some 2.4 calls,
+    not 9.5), and 429s that go on every second still take the rate down, 2.5 % a second
+    net."""
 
-    CUT = 0.9
-    RECOVER_PER_S = 0.05
+    CUT = 0.95
+    RECOVER_PER_S = 0.025
     FLOOR = 0.1
 
     def __init__(self, total: float, sharing: str, apply: Callable[[float], None]) -> None:

@@ -33,6 +33,7 @@ from sink.emulator import contract as c
 from sink.emulator.state import EmulatorState, Job, Received, Tracking
 
 STATE: web.AppKey[EmulatorState] = web.AppKey("state", EmulatorState)
+OVER_RATE = "clari_emulator.over_rate"  # the request went past its token's calls per second
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LOG_BODY_BYTES = 64 * 1024
 
@@ -54,6 +55,14 @@ async def faults_and_log(request: web.Request, handler: Handler) -> web.StreamRe
     if not _is_api(request.path):
         return await handler(request)
     state.first_request = state.first_request or time.time()
+    # Clari counts 100 calls/s per token where calls arrive (a gateway in front of the
+    # service): judged here, before the body is read and the latency simulated. Judged
+    # after them, as this emulator once did, its own timer jitter bunched calls and it
+    # counted up to 107 in a second the sink had paced at 95.
+    auth = request.headers.get("Authorization", "")
+    token = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("apikey")
+    if token == state.api_token:
+        request[OVER_RATE] = state.over_rate(token)
     state.in_flight.enter()
     try:
         response = await _serve_api(state, request, handler)
@@ -122,7 +131,7 @@ def _check_v2_auth(request: web.Request) -> web.Response | None:
         return _json(c.BAD_APIKEY, 401)
     if request.headers.get("partnerkey") != state.partner_key:
         return _json(c.bad_partner_key(), 401)
-    if state.over_rate(state.api_token):
+    if request.get(OVER_RATE):
         return _json(c.RATE_LIMITED, 429)
     return None
 
@@ -133,7 +142,7 @@ def _check_v1_auth(request: web.Request) -> web.Response | None:
     token = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("apikey")
     if token != state.api_token:
         return _json(c.BAD_APIKEY, 401)
-    if state.over_rate(token):
+    if request.get(OVER_RATE):
         return _json(c.RATE_LIMITED, 429)
     return None
 
@@ -423,6 +432,7 @@ async def get_stats(request: web.Request) -> web.Response:
                 "max": lat[-1] if lat else None,
             },
             **_progress(state),
+            "callsBySecond": {str(k): v for k, v in state.calls_by_second.items()},
         }
     )
 

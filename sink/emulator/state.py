@@ -214,6 +214,9 @@ class EmulatorState:
     # seen in any one-second window: what Clari's 100 calls/s per token is judged on.
     _calls: dict[str, deque[float]] = field(default_factory=dict)
     max_calls_in_second: dict[str, int] = field(default_factory=dict)
+    # Calls per wall-clock second (epoch s → calls), the last hour: where a run lost its
+    # pace, at its start, its end or all along (bench reports it).
+    calls_by_second: dict[int, int] = field(default_factory=dict)
     in_flight: Concurrency = field(default_factory=Concurrency)
     tracking: Tracking | None = None
     last_response: float = 0.0  # when the last API call was answered
@@ -239,6 +242,7 @@ class EmulatorState:
         self._windows.clear()
         self._calls.clear()
         self.max_calls_in_second.clear()
+        self.calls_by_second.clear()
         self.in_flight = Concurrency()
         if self.tracking is not None:
             self.tracking = Tracking(*self.tracking.fields)
@@ -260,6 +264,11 @@ class EmulatorState:
     def over_rate(self, token: str) -> bool:
         """Sliding one-second window per token, as Clari's 100 requests/s per API token."""
         now = time.monotonic()
+        second = int(time.time())
+        seen = self.calls_by_second
+        seen[second] = seen.get(second, 0) + 1
+        if len(seen) > 3_600:
+            del seen[next(iter(seen))]  # the oldest: seconds are inserted in order
         calls = self._calls.setdefault(token, deque())
         calls.append(now)
         while now - calls[0] >= 1.0:

@@ -38,16 +38,21 @@ def test_a_429_slows_the_rate_for_a_while_and_429s_that_go_on_keep_slowing_it(
     share = RateShare(100.0, "partitions", applied.append)
     share.update(3, 6)  # 50 calls/s
     share.pushback()
-    assert applied[-1] == 45.0  # a tenth off
+    assert applied[-1] == 47.5  # 5 % off
     share.pushback()  # the same burst: no second cut
-    assert applied[-1] == 45.0
+    assert applied[-1] == 47.5
     now[0] += 1.0
     share.tick()
-    assert round(applied[-1], 2) == 47.5  # 5 % of the rate back per second
+    assert round(applied[-1], 2) == 48.75  # 2.5 % of the rate back per second
     share.update(6, 6)  # a rebalance meanwhile: the new share, still slowed
-    assert round(applied[-1], 2) == 95.0
+    assert round(applied[-1], 2) == 97.5
     share.pushback()  # another 429 a second later: cut from where it was
-    assert round(applied[-1], 2) == 85.5
-    now[0] += 10.0
+    assert round(applied[-1], 2) == 92.62
+    for _ in range(5):  # 429s every second: the rate keeps going down
+        now[0] += 1.0
+        share.tick()
+        share.pushback()
+    assert applied[-1] < 85.0
+    now[0] += 20.0
     share.tick()
     assert applied[-1] == 100.0 and share.factor == 1.0

@@ -78,7 +78,6 @@ def test_a_hostile_retry_after_never_raises_and_stays_bounded(
 
 
 async def test_rate_limiter_spaces_calls_evenly() -> None:
-    import itertools
     import time
 
     from sink.http_client import RateLimiter
@@ -88,14 +87,15 @@ async def test_rate_limiter_spaces_calls_evenly() -> None:
     for _ in range(60):
         await limiter.acquire()
         stamps.append(time.monotonic())
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    assert min(gaps) >= RateLimiter.MARGIN / 200 / 2 - 0.001  # never a burst
+    spacing = RateLimiter.MARGIN / 200
+    # Never a burst: a late call may be followed at once, but no three within a spacing.
+    assert all(c - a >= spacing - 0.001 for a, c in zip(stamps, stamps[2:], strict=False))
     assert stamps[-1] - stamps[0] < 60 * RateLimiter.MARGIN / 200 + 0.1  # no slower than the pace
 
 
 def test_late_calls_keep_the_schedule_and_no_second_holds_more_than_the_rate() -> None:
     """Calls let through late (a busy event loop) keep their schedule instead of
-    restarting it, yet no sliding second ever holds more than rate / 1.02 + 1 calls."""
+    restarting it, yet no sliding second ever holds more than rate / MARGIN + 2 calls."""
     import random
 
     from sink.http_client import RateLimiter, next_slot
@@ -104,7 +104,8 @@ def test_late_calls_keep_the_schedule_and_no_second_holds_more_than_the_rate() -
     spacing = RateLimiter.MARGIN / 100
     scheduled, stamps = 0.0, []
     for _ in range(2_000):
-        now = scheduled + rng.choice([0.0, 0.001, 0.002, 0.003, 0.004])  # timers fire late
+        # Timers fire late, now and then by most of a spacing (the bench machine).
+        now = scheduled + rng.choice([0.0, 0.001, 0.002, 0.003, 0.004, 0.008, 0.01])
         stamps.append(now)
         scheduled = next_slot(scheduled, now, spacing)
     rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
@@ -113,4 +114,4 @@ def test_late_calls_keep_the_schedule_and_no_second_holds_more_than_the_rate() -
     for i, t in enumerate(stamps):
         while stamps[j] <= t - 1.0:
             j += 1
-        assert i - j + 1 <= 100 / RateLimiter.MARGIN + 1.5
+        assert i - j + 1 <= 100 / RateLimiter.MARGIN + 2

@@ -58,7 +58,7 @@ def grouping_function(grouping: str, attribute: str | None) -> GroupOf | None:
     raise ValueError(f"unknown grouping {grouping!r}")
 
 
-_PLAIN_IDS = {str, int, type(None)}
+_PLAIN_IDS = {str, type(None)}  # ids as record_id() gives them (an int becomes text)
 
 
 def _first_repeat(ids: list[Any], held: set[Any]) -> int:

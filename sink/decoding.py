@@ -274,8 +274,8 @@ class Shaper:
                     doc = rid = created = updated = cid = None
                     self._shape_message(msg, id_field, passed, ids, rejected)
                     continue
-            if rid is not None and type(rid) not in (str, int):
-                rid = _plain_id(rid)
+            if rid is not None and type(rid) is not str:
+                rid = str(rid) if type(rid) is int else _plain_id(rid)
             del doc
             passed.append(msg)
             ids.append(rid)
@@ -373,10 +373,12 @@ class Shaper:
 
 
 def record_id(data: dict[str, Any], id_field: str | None) -> Any:
-    """The record's id (CLARI_ID_FIELD) as a hashable value, or None."""
+    """The record's id (CLARI_ID_FIELD) as text, or None. Clari compares ids as text
+    (7 and "7" are one record, a duplicate in one call), so the batcher's id sets must
+    too: an integer id becomes its text here, once per record."""
     rid = data.get(id_field) if id_field else None
-    if rid is not None and type(rid) not in (str, int):
-        rid = _unusual_id(rid)
+    if rid is not None and type(rid) is not str:
+        rid = str(rid) if type(rid) is int else _unusual_id(rid)
     return rid
 
 

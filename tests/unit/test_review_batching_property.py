@@ -14,8 +14,8 @@ from confluent_kafka import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sink.decoding import Shaper, record_id
 from sink.batching import Batcher, grouping_function
+from sink.decoding import Shaper, record_id
 from sink.records import Batch, Lane, message_offsets
 
 

@@ -33,7 +33,7 @@ from sink.emulator import contract as c
 from sink.emulator.state import EmulatorState, Job, Received, Tracking
 
 STATE: web.AppKey[EmulatorState] = web.AppKey("state", EmulatorState)
-OVER_RATE = "clari_emulator.over_rate"  # the request went past its token's calls per second
+OVER_RATE: web.RequestKey[bool] = web.RequestKey("over_rate", bool)  # past its token's calls/s
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LOG_BODY_BYTES = 64 * 1024
 

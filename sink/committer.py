@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
-from sink.consumer import KafkaSource
+from sink.consumer import TP, KafkaSource
 from sink.health import Health
 from sink.lag import LagMeter
 from sink.metrics import Metrics
@@ -23,23 +24,47 @@ class Committer:
         self.health = health
         self.lag = LagMeter(source, metrics, lambda tp: tracker.positions([tp]).get(tp))
 
-    async def commit(self) -> None:
-        await self._commit()
+    async def commit(self, wait: bool = True) -> None:
+        """Commit what may be committed: waiting for the broker's answer, or (``wait``
+        False, the main loop's periodic commit) asking for it and going on, so that
+        reading never stops for a commit."""
+        positions = self._committable()
+        if positions:
+            await (self._commit(positions) if wait else self._ask(positions))
         await self.lag.update()  # the commit cadence is the lag metrics' cadence too
 
-    async def _commit(self) -> None:
+    def _committable(self) -> dict[TP, int]:
         owned = self.source.assignment
-        positions = {tp: pos for tp, pos in self.tracker.committable().items() if tp in owned}
-        if not positions:
-            return
+        return {tp: pos for tp, pos in self.tracker.committable().items() if tp in owned}
+
+    async def _commit(self, positions: dict[TP, int]) -> None:
         try:
             await self.source.commit(positions)
         except Exception as exc:  # KafkaException: retried at the next interval
-            self.metrics.commits.labels(result="error").inc()
-            # While the broker is away its outage is logged once (sink/outage.py).
-            level = logging.DEBUG if self.health.down("kafka") else logging.WARNING
-            log.log(level, "offset commit failed (will retry): %s", exc)
-            return
+            return self._failed(exc)
+        self._done(positions)
+
+    async def _ask(self, positions: dict[TP, int]) -> None:
+        try:
+            answered = await self.source.commit_async(positions)
+        except Exception as exc:
+            return self._failed(exc)
+
+        def settled(f: asyncio.Future[None]) -> None:
+            if (exc := f.exception()) is not None:
+                self._failed(exc)
+            else:
+                self._done(positions)
+
+        answered.add_done_callback(settled)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.metrics.commits.labels(result="error").inc()
+        # While the broker is away its outage is logged once (sink/outage.py).
+        level = logging.DEBUG if self.health.down("kafka") else logging.WARNING
+        log.log(level, "offset commit failed (will retry): %s", exc)
+
+    def _done(self, positions: dict[TP, int]) -> None:
         self.tracker.mark_committed(positions)
         self.lag.record_commit(positions)
         self.metrics.commits.labels(result="ok").inc()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -92,9 +93,14 @@ class KafkaSource:
         self.health = health  # its "kafka" state: commits wait while the broker is away
         self._next_probe = 0.0
         self.cooperative = settings.kafka_assignment_strategy == "cooperative-sticky"
-        self._consumer = Consumer(consumer_config(settings, error_cb))
+        conf = consumer_config(settings, error_cb)
+        self._consumer = Consumer({**conf, "on_commit": self._on_commit})
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka")
-        self._commit_pending: asyncio.Future[None] | None = None
+        self._commit_pending: asyncio.Future[None] | None = None  # a synchronous one
+        # The asynchronous commit waiting for its answer (on_commit, served by consume()),
+        # and the loop to give it to: one at a time, so none lands out of order.
+        self._async_pending: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.assignment: set[TP] = set()
         self.paused: set[TP] = set()
         self.pause_new = False  # pause partitions as soon as they are assigned (inactive)
@@ -210,8 +216,10 @@ class KafkaSource:
         commit still waiting keeps the next from being issued: none lands out of order."""
         if self.health is not None and self.health.down("kafka"):
             raise _deferred("the broker is unreachable")
-        if self._commit_pending is not None and not self._commit_pending.done():
+        if _waiting(self._commit_pending):
             raise _deferred("the previous commit still waits for the broker")
+        # An asynchronous commit still waiting does not hold this one back: librdkafka
+        # sends both to the coordinator in order, and this one's offsets are not lower.
         pending = asyncio.ensure_future(self._call(self.commit_now, positions))
         self._commit_pending = pending
         pending.add_done_callback(_quiet)  # its outcome may come after it was given up
@@ -222,6 +230,45 @@ class KafkaSource:
             if self.health is not None:
                 self.health.fail("kafka", why)
             raise _deferred(why) from None
+
+    async def commit_async(self, positions: dict[TP, int]) -> asyncio.Future[None]:
+        """Ask for a commit of ``positions`` and return at once, with a future that the
+        broker's answer settles (KafkaException if it failed: commit again later).
+
+        The main loop commits this way. A synchronous commit held the Kafka thread, and
+        with it every poll, until the coordinator answered: 2 s when it landed in the
+        second round of a cooperative rebalance (ILLEGAL_GENERATION), up to the session
+        timeout when the broker had just gone. The answer comes through ``on_commit``,
+        which consume() serves. No answer within COMMIT_WAIT_S says the broker is
+        unreachable, as for a synchronous commit; the next commit waits for this one's
+        answer, whatever it is, so offsets never go back."""
+        if self.health is not None and self.health.down("kafka"):
+            raise _deferred("the broker is unreachable")
+        if _waiting(self._async_pending) or _waiting(self._commit_pending):
+            raise _deferred("the previous commit still waits for the broker")
+        loop = self._loop = asyncio.get_running_loop()
+        answered: asyncio.Future[None] = loop.create_future()
+        self._async_pending = answered
+        try:
+            await self._call(self._consumer.commit, offsets=_tps(positions), asynchronous=True)
+        except KafkaException:  # refused before it was sent (no coordinator, bad offsets)
+            self._async_pending = None
+            raise
+        loop.call_later(COMMIT_WAIT_S, self._overdue, answered)
+        return answered
+
+    def _on_commit(self, err: KafkaError | None, parts: list[TopicPartition]) -> None:
+        """librdkafka's answer to an asynchronous commit (on the Kafka thread)."""
+        answered, loop = self._async_pending, self._loop
+        if answered is None or loop is None:
+            return
+        failed = err or next((p.error for p in parts if p.error is not None), None)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the process ends
+            loop.call_soon_threadsafe(_settle, answered, failed)
+
+    def _overdue(self, answered: asyncio.Future[None]) -> None:
+        if not answered.done() and self.health is not None:
+            self.health.fail("kafka", f"an offset commit got no answer within {COMMIT_WAIT_S:g} s")
 
     async def pause(self, tps: Iterable[TP]) -> None:
         todo = [tp for tp in tps if tp in self.assignment and tp not in self.paused]
@@ -356,6 +403,19 @@ def _quiet(done: asyncio.Future[None]) -> None:
     as never retrieved); committing again later covers it."""
     if not done.cancelled() and (exc := done.exception()) is not None:
         log.debug("a commit given up ended: %s", exc)
+
+
+def _waiting(commit: asyncio.Future[None] | None) -> bool:
+    return commit is not None and not commit.done()
+
+
+def _settle(answered: asyncio.Future[None], failed: KafkaError | None) -> None:
+    if answered.done():
+        return
+    if failed is None:
+        answered.set_result(None)
+    else:
+        answered.set_exception(KafkaException(failed))
 
 
 def _deferred(why: str) -> KafkaException:

@@ -178,7 +178,7 @@ class Pipeline:
             await self._apply_backpressure()
             now = time.monotonic()
             if now >= next_commit:
-                await self.commit()
+                await self.commit(wait=False)
                 next_commit = now + self.s.commit_interval_ms / 1000
             if until_drained and not msgs and now >= next_drain_check:
                 next_drain_check = now + 0.5
@@ -230,9 +230,9 @@ class Pipeline:
         for tp, offsets in batch.covers.items():
             self.tracker.resolve_many(tp, offsets)
 
-    async def commit(self) -> None:
+    async def commit(self, wait: bool = True) -> None:
         if self.committer is not None:
-            await self.committer.commit()
+            await self.committer.commit(wait)
 
     async def drained(self) -> bool:
         """Every assigned partition is consumed to its end, resolved and committed."""

@@ -7,6 +7,7 @@ the other tests running meanwhile), started once for the module.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -18,9 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaException
 
 from devkit import kafka_local
 from devkit.kafka_local import Broker, free_port
+from sink.config import load_settings
+from sink.consumer import COMMIT_WAIT_S, KafkaSource
+from sink.health import Health
 from tests.delivery_check import check, ids, keyed
 from tests.support import (
     Emulator,
@@ -169,3 +174,73 @@ def test_sigterm_with_the_broker_stopped_exits_within_the_shutdown_timeout(
     assert "deliveries did not finish in time" in out, out  # work in flight, given up
     # and none started after that: the stop is the last thing the sink says.
     assert "sink stopped (not cleanly" in out.strip().splitlines()[-1], out
+
+
+def _source(kafka: str, emulator: Emulator, topic: str, health: Health) -> KafkaSource:
+    settings = load_settings(**sink_env(kafka, emulator, topic))
+    source = KafkaSource(settings, lambda err: None, health)
+    source.subscribe(lambda tps: None, lambda tps: None, lambda tps: None)
+    return source
+
+
+async def _read_all(source: KafkaSource, n: int) -> dict[tuple[str, int], int]:
+    """Consume ``n`` records; the position after each partition's last one."""
+    ends: dict[tuple[str, int], int] = {}
+    deadline = time.monotonic() + 60
+    while sum(ends.values()) < n and time.monotonic() < deadline:
+        for m in await source.consume(500, 0.5):
+            ends[(str(m.topic()), int(m.partition() or 0))] = int(m.offset() or 0) + 1
+    assert sum(ends.values()) == n, ends
+    return ends
+
+
+def test_a_commit_waiting_for_a_gone_broker_does_not_hold_reading(
+    own_broker: Broker, emulator: Emulator
+) -> None:
+    """The main loop's commit is asked for, not waited for: while its answer is due, the
+    consumer keeps polling (a synchronous commit held every poll, up to the session
+    timeout when the broker had just gone), and once the broker is back it lands."""
+    broker = running(own_broker)
+    kafka = broker.bootstrap
+    topic = create_topic(kafka, unique("commit"), partitions=2)
+    produce(kafka, topic, (keyed(i, 10) for i in range(200)))
+    health = Health(str)
+
+    async def scenario() -> None:
+        source = _source(kafka, emulator, topic, health)
+        ends = await _read_all(source, 200)
+        answered = await source.commit_async(ends)
+        assert not answered.done()  # asked; the answer comes through a poll
+        while not answered.done():
+            await source.consume(100, 0.1)
+        answered.result()
+        assert await source.committed(list(ends)) == ends
+
+        broker.stop()
+        asked = time.monotonic()
+        answered = await source.commit_async(ends)
+        assert time.monotonic() - asked < 0.5
+        with pytest.raises(KafkaException, match="still waits"):
+            await source.commit_async(ends)  # one at a time: none lands out of order
+        slowest = 0.0
+        while time.monotonic() - asked < COMMIT_WAIT_S - 0.5:
+            polled = time.monotonic()
+            await source.consume(100, 0.2)
+            slowest = max(slowest, time.monotonic() - polled)
+        assert slowest < 0.5, f"a poll took {slowest:.1f} s behind the commit"
+        while time.monotonic() - asked < COMMIT_WAIT_S + 1:
+            await source.consume(100, 0.2)  # (then probing the broker, 1 s at most)
+        assert health.down("kafka")  # no answer within COMMIT_WAIT_S: said at once
+        broker.restart()
+        deadline = time.monotonic() + 60
+        while (health.down("kafka") or not answered.done()) and time.monotonic() < deadline:
+            await source.consume(100, 0.2)
+        assert answered.done() and not health.down("kafka")
+        answered = await source.commit_async(ends)  # asked again once the broker is back
+        while not answered.done():
+            await source.consume(100, 0.2)
+        answered.result()
+        assert await source.committed(list(ends)) == ends
+        assert await source.close(10)
+
+    asyncio.run(scenario())

@@ -262,7 +262,7 @@ class KafkaSource:
         answered, loop = self._async_pending, self._loop
         if answered is None or loop is None:
             return
-        failed = err or next((p.error for p in parts if p.error is not None), None)
+        failed = err or next((p.error for p in parts or () if p.error is not None), None)
         with contextlib.suppress(RuntimeError):  # the loop is closed: the process ends
             loop.call_soon_threadsafe(_settle, answered, failed)
 

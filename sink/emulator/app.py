@@ -59,8 +59,7 @@ async def faults_and_log(request: web.Request, handler: Handler) -> web.StreamRe
     # service): judged here, before the body is read and the latency simulated. Judged
     # after them, as this emulator once did, its own timer jitter bunched calls and it
     # counted up to 107 in a second the sink had paced at 95.
-    auth = request.headers.get("Authorization", "")
-    token = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("apikey")
+    token = _token(request)
     if token == state.api_token:
         request[OVER_RATE] = state.over_rate(token)
     state.in_flight.enter()
@@ -136,11 +135,15 @@ def _check_v2_auth(request: web.Request) -> web.Response | None:
     return None
 
 
+def _token(request: web.Request) -> str | None:
+    """The credential a call brings: part B's Bearer token, or part A's apikey header."""
+    auth = request.headers.get("Authorization", "")
+    return auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("apikey")
+
+
 def _check_v1_auth(request: web.Request) -> web.Response | None:
     state = request.app[STATE]
-    auth = request.headers.get("Authorization", "")
-    token = auth[7:] if auth.lower().startswith("bearer ") else request.headers.get("apikey")
-    if token != state.api_token:
+    if _token(request) != state.api_token:
         return _json(c.BAD_APIKEY, 401)
     if request.get(OVER_RATE):
         return _json(c.RATE_LIMITED, 429)

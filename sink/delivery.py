@@ -106,9 +106,9 @@ def rejected_ids(body: Any, batch: Batch, id_field: str) -> set[str]:
     """Ids of the batch's records that the API's error body names (e.g. a duplicate id).
 
     The body's structure is walked, not its text searched: values under id keys (ids
-    compared as text, so 7 and "7" both name record 7), whole strings equal to a string
-    id, and ids in free text where a word like "id" or quotes mark them (see
-    NAMING_WORDS). Numbers elsewhere (positions, counts, limits) name nothing. Work is
+    compared as text, so 7 and "7" both name record 7), whole strings equal to an id
+    that is not a number, and ids in free text where a word like "id" or quotes mark
+    them (see NAMING_WORDS). Numbers elsewhere (positions, counts, limits) name nothing. Work is
     linear in the body and the batch: one set lookup per value or word."""
     wanted: dict[str, Any] = {str(r.rid): r.rid for r in batch.records if r.rid is not None}
     if not wanted or body is None:
@@ -133,7 +133,7 @@ def rejected_ids(body: Any, batch: Batch, id_field: str) -> set[str]:
             if under_id and str(node) in wanted:
                 found.add(str(node))
         elif isinstance(node, str):
-            if node in wanted and (under_id or isinstance(wanted[node], str)):
+            if node in wanted and (under_id or not _numeric(node)):
                 found.add(node)
             elif not under_id:
                 _ids_in_text(node, wanted, found)
@@ -144,12 +144,17 @@ def _ids_in_text(text: str, wanted: dict[str, Any], found: set[str]) -> None:
     previous = ""
     for word in text.split():
         bare = word.strip(_TOKEN_EDGES)
-        if bare in wanted:
-            rid = wanted[bare]
-            plain_text_id = isinstance(rid, str) and not bare.isdecimal()
-            if plain_text_id or previous in NAMING_WORDS or word[:1] in _QUOTES:
-                found.add(bare)
+        named = not _numeric(bare) or previous in NAMING_WORDS or word[:1] in _QUOTES
+        if named and bare in wanted:
+            found.add(bare)
         previous = bare.lower()
+
+
+def _numeric(text: str) -> bool:
+    """An id that reads as a number ("7", "-7"), whether the record held it as an integer
+    or as text (record_id gives both as text): alone in a body it is as likely a row,
+    a position or a count, so it names a record only under an id key or a naming word."""
+    return text.removeprefix("-").isdecimal()
 
 
 def splittable(status: int | None, body: Any, count: int) -> bool:

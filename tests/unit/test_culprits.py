@@ -57,6 +57,10 @@ def with_ids(ids: list[Any]) -> list[SinkRecord]:
         ([{"errorSummary": "bad value in 'a.b.c'"}], ["a.b", "a.b.c"], {"a.b.c"}),
         ("record 'B-2' is invalid", ["B-2", "B-20"], {"B-2"}),
         (None, ["A1"], set()),
+        # Integer ids reach this as text (record_id): a number alone is still no id.
+        ({"row": "7"}, ["7", "8"], set()),
+        ([{"errorSummary": "offset -7 is out of range"}], ["-7"], set()),
+        ("record '7' is invalid", ["7", "8"], {"7"}),
     ],
 )
 def test_rejected_ids_reads_the_structure_of_the_body(

@@ -45,6 +45,8 @@ class Committer:
         self._done(positions)
 
     async def _ask(self, positions: dict[TP, int]) -> None:
+        if self.source.commit_pending():
+            return  # its answer comes with a poll; then the next interval asks again
         try:
             answered = await self.source.commit_async(positions)
         except Exception as exc:
@@ -73,8 +75,8 @@ class Committer:
     async def all_committed(self) -> bool:
         """Every assigned partition is consumed to its end, resolved and committed."""
         tps = sorted(self.source.assignment)
-        if not tps or self.tracker.unresolved():
-            return False
+        if not tps or self.tracker.unresolved() or self.source.commit_pending():
+            return False  # (a commit's answer comes with the main loop's next poll)
         await self.commit()
         ends = await self.source.end_offsets(tps)
         committed = await self.source.committed(tps)

@@ -100,6 +100,7 @@ class KafkaSource:
         # The asynchronous commit waiting for its answer (on_commit, served by consume()),
         # and the loop to give it to: one at a time, so none lands out of order.
         self._async_pending: asyncio.Future[None] | None = None
+        self._asked_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.assignment: set[TP] = set()
         self.paused: set[TP] = set()
@@ -173,9 +174,14 @@ class KafkaSource:
             return msgs
 
         polled: list[Message] = await self._call(poll)
+        self._check_overdue()
         if self.health is not None and self.health.down("kafka"):
             await self._probe()
         return polled
+
+    def commit_pending(self) -> bool:
+        """An asynchronous commit still waits for its answer."""
+        return _waiting(self._async_pending)
 
     def settle_positions(self) -> None:
         """The positions as of the last poll count from now: its messages are handled.
@@ -216,10 +222,10 @@ class KafkaSource:
         commit still waiting keeps the next from being issued: none lands out of order."""
         if self.health is not None and self.health.down("kafka"):
             raise _deferred("the broker is unreachable")
-        if _waiting(self._commit_pending):
+        if _waiting(self._commit_pending) or self.commit_pending():
+            # One at a time: librdkafka retries a commit that failed on the way (after a
+            # transport error, say), so a later one could land first and be undone.
             raise _deferred("the previous commit still waits for the broker")
-        # An asynchronous commit still waiting does not hold this one back: librdkafka
-        # sends both to the coordinator in order, and this one's offsets are not lower.
         pending = asyncio.ensure_future(self._call(self.commit_now, positions))
         self._commit_pending = pending
         pending.add_done_callback(_quiet)  # its outcome may come after it was given up
@@ -254,7 +260,7 @@ class KafkaSource:
         except KafkaException:  # refused before it was sent (no coordinator, bad offsets)
             self._async_pending = None
             raise
-        loop.call_later(COMMIT_WAIT_S, self._overdue, answered)
+        self._asked_at = time.monotonic()
         return answered
 
     def _on_commit(self, err: KafkaError | None, parts: list[TopicPartition]) -> None:
@@ -266,9 +272,25 @@ class KafkaSource:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the process ends
             loop.call_soon_threadsafe(_settle, answered, failed)
 
-    def _overdue(self, answered: asyncio.Future[None]) -> None:
-        if not answered.done() and self.health is not None:
+    def _check_overdue(self) -> None:
+        """No answer within COMMIT_WAIT_S of polling says the broker is unreachable.
+        Judged at a poll, since only a poll brings the answer: a loop that stopped
+        polling (the stop, a revocation holding the Kafka thread) has not waited for it."""
+        if (
+            self.commit_pending()
+            and time.monotonic() - self._asked_at > COMMIT_WAIT_S
+            and self.health is not None
+            and not self.health.down("kafka")
+        ):
             self.health.fail("kafka", f"an offset commit got no answer within {COMMIT_WAIT_S:g} s")
+
+    async def answer_pending(self, timeout_s: float = COMMIT_WAIT_S) -> None:
+        """At a stop, once the main loop has ended: poll, every partition paused, until the
+        pending asynchronous commit has its answer. Whatever such a poll returns is
+        dropped, never tracked, so no commit passes it (read again by the next owner);
+        the main loop must not poll after this."""
+        if self.commit_pending() and not (self.health is not None and self.health.down("kafka")):
+            await self._poll_paused(self.commit_pending, timeout_s)
 
     async def pause(self, tps: Iterable[TP]) -> None:
         todo = [tp for tp in tps if tp in self.assignment and tp not in self.paused]
@@ -350,11 +372,16 @@ class KafkaSource:
         by default; reproduced with a bare confluent-kafka consumer). Polling with every
         partition paused lets the round complete; nothing is consumed meanwhile.
         """
+        await self._poll_paused(lambda: self.mid_rebalance, timeout_s)
+
+    async def _poll_paused(self, waiting: Callable[[], bool], timeout_s: float) -> None:
+        """Poll with every partition paused (it serves callbacks and returns no records)
+        while ``waiting()`` says so, ``timeout_s`` at most."""
         self.pause_new = True
         await self.pause(self.assignment)
         deadline = time.monotonic() + timeout_s
-        while self.mid_rebalance and time.monotonic() < deadline:
-            await self.consume(100, 0.2)  # paused: serves callbacks, returns no records
+        while waiting() and time.monotonic() < deadline:
+            await self.consume(100, 0.1)
 
     async def close(self, timeout_s: float = 10) -> bool:
         """Leave the group and close the consumer within ``timeout_s``. False if that

@@ -70,6 +70,10 @@ class Rebalance:
         self._release_blocking(tps, wait=True, timeout_s=self.finish_timeout_s + 5)
         positions = self.tracker.positions(tps)
         try:
+            # Synchronous, here on the Kafka thread, even with the main loop's asynchronous
+            # commit unanswered (its answer needs a poll, and this runs inside one). Should
+            # that older commit be retried and land after this one, these partitions'
+            # offsets go back: their next owner sends some records again, none is lost.
             self.source.commit_now(positions)
             self.tracker.mark_committed(positions)
         except Exception as exc:

@@ -156,6 +156,9 @@ async def shut_down(p: Pipeline, producer: AsyncProducer, clock: StopClock) -> b
             len(abandoned),
         )
     if p._fatal is None:
+        # The main loop's last commit may still wait for its answer, which only a poll
+        # brings: the final one waits for it, so the two land in order.
+        await within(p.source.answer_pending(), clock, "the last commit's answer")
         if not await within(p.commit(), clock, "the final offset commit"):
             clean = False
         elif any(tp in p.source.assignment for tp in p.tracker.committable()):

@@ -8,6 +8,7 @@ the other tests running meanwhile), started once for the module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -206,41 +207,54 @@ def test_a_commit_waiting_for_a_gone_broker_does_not_hold_reading(
     produce(kafka, topic, (keyed(i, 10) for i in range(200)))
     health = Health(str)
 
+    async def answer(source: KafkaSource, answered: asyncio.Future[None], within_s: float) -> None:
+        deadline = time.monotonic() + within_s
+        while not answered.done() and time.monotonic() < deadline:
+            await source.consume(100, 0.2)
+        assert answered.done(), f"no answer to a commit within {within_s} s"
+
     async def scenario() -> None:
         source = _source(kafka, emulator, topic, health)
         ends = await _read_all(source, 200)
-        answered = await source.commit_async(ends)
-        assert not answered.done()  # asked; the answer comes through a poll
-        while not answered.done():
-            await source.consume(100, 0.1)
+        half = {tp: end // 2 for tp, end in ends.items()}
+        answered = await source.commit_async(half)
+        assert not answered.done()  # asked; the answer comes with a poll
+        await answer(source, answered, 30)
         answered.result()
-        assert await source.committed(list(ends)) == ends
+        assert await source.committed(list(ends)) == half
 
         broker.stop()
         asked = time.monotonic()
         answered = await source.commit_async(ends)
         assert time.monotonic() - asked < 0.5
+        # One at a time, asked or waited for: none lands out of order.
         with pytest.raises(KafkaException, match="still waits"):
-            await source.commit_async(ends)  # one at a time: none lands out of order
+            await source.commit_async(ends)
+        with pytest.raises(KafkaException, match="still waits"):
+            await source.commit(ends)
         slowest = 0.0
         while time.monotonic() - asked < COMMIT_WAIT_S - 0.5:
             polled = time.monotonic()
             await source.consume(100, 0.2)
             slowest = max(slowest, time.monotonic() - polled)
-        assert slowest < 0.5, f"a poll took {slowest:.1f} s behind the commit"
+        # (A synchronous commit held every poll for all of it, and longer.)
+        assert slowest < 1.0, f"a poll took {slowest:.1f} s behind the commit"
         while time.monotonic() - asked < COMMIT_WAIT_S + 1:
             await source.consume(100, 0.2)  # (then probing the broker, 1 s at most)
-        assert health.down("kafka")  # no answer within COMMIT_WAIT_S: said at once
+        assert health.down("kafka")  # no answer within COMMIT_WAIT_S of polling: said
+
         broker.restart()
+        await answer(source, answered, 90)
+        # Landed, or failed and asked again, as the committer does at its next interval
+        # (a long restart can outlast the member's session: it joins again first).
         deadline = time.monotonic() + 60
-        while (health.down("kafka") or not answered.done()) and time.monotonic() < deadline:
-            await source.consume(100, 0.2)
-        assert answered.done() and not health.down("kafka")
-        answered = await source.commit_async(ends)  # asked again once the broker is back
-        while not answered.done():
-            await source.consume(100, 0.2)
-        answered.result()
+        while await source.committed(list(ends)) != ends and time.monotonic() < deadline:
+            with contextlib.suppress(KafkaException):
+                again = await source.commit_async(ends)
+                await answer(source, again, 30)
+            await source.consume(100, 0.5)
         assert await source.committed(list(ends)) == ends
+        assert not health.down("kafka")
         assert await source.close(10)
 
     asyncio.run(scenario())

@@ -15,6 +15,7 @@ a batch whose lane is busy keeps filling, so calls stay full under load.
 
 from __future__ import annotations
 
+import logging
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,6 +34,13 @@ GroupOf = Callable[[SinkRecord, dict[str, Any]], str]
 _Slot = tuple[Lane, str]  # an open batch: its lane and its group
 _MSG_KEY, _MSG_TOPIC, _MSG_PARTITION = Message.key, Message.topic, Message.partition
 _MSG_OFFSET = Message.offset
+log = logging.getLogger(__name__)
+
+# A partition whose first UNIQUE_SAMPLE records or more have UNIQUE_SHARE distinct keys
+# gets UNIQUE_KEY_LANES lanes (Batcher._learn_lanes).
+UNIQUE_KEY_LANES = 16
+UNIQUE_SAMPLE = 50
+UNIQUE_SHARE = 0.95
 
 
 def grouping_function(grouping: str, attribute: str | None) -> GroupOf | None:
@@ -143,6 +151,7 @@ class Batcher:
         lanes: int = 1,
         order_by: str = "key",
         keys_span_groups: bool = False,
+        adaptive_lanes: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_records = max_records
@@ -154,6 +163,10 @@ class Batcher:
         self.lanes = lanes
         # "id": a record's lane follows its id, not its message key (SINK_ORDER_BY).
         self.by_id = order_by == "id" and lanes > 1
+        # Each partition's lane count, chosen from its first records when the user set
+        # none (SINK_KEY_LANES): see _learn_lanes.
+        self.adaptive = adaptive_lanes and lanes > UNIQUE_KEY_LANES and not self.by_id
+        self._lane_count: dict[tuple[str, int], int] = {}
         # Attribute grouping puts one key's records in several groups of a lane: a batch
         # closing there closes the lane's older batches first, which hold earlier records.
         self.keys_span_groups = keys_span_groups
@@ -178,6 +191,7 @@ class Batcher:
             lanes=s.lanes_per_partition,
             order_by=s.order_by,
             keys_span_groups=s.batch_grouping == "attribute",
+            adaptive_lanes=s.key_lanes is None,
         )
 
     @property
@@ -192,11 +206,53 @@ class Batcher:
         key need no order among them and are spread by runs of ``max_records`` offsets,
         so an unkeyed topic fills its lanes with full batches rather than trickling into
         all of them."""
-        if self.lanes == 1:
+        lanes = self.lanes
+        if self.adaptive:  # a partition not chosen for by _learn_lanes keeps the default
+            lanes = self._lane_count.setdefault((topic, partition), lanes)
+        if lanes == 1:
             return (topic, partition, 0)
         if key is None:
-            return (topic, partition, (offset // self.max_records) % self.lanes)
-        return (topic, partition, crc32(key) % self.lanes)
+            return (topic, partition, (offset // self.max_records) % lanes)
+        return (topic, partition, crc32(key) % lanes)
+
+    def _lanes_of(
+        self, topics: Iterable[str], partitions: Iterable[int], keys: Iterable[Any],
+        offs: Iterable[int],
+    ) -> list[Lane]:  # fmt: skip
+        if self.adaptive:
+            topics, partitions, keys = list(topics), list(partitions), list(keys)
+            self._learn_lanes(topics, partitions, keys)
+        return list(map(self.lane_of, topics, partitions, keys, offs))
+
+    def _learn_lanes(self, topics: list[str], partitions: list[int], keys: list[Any]) -> None:
+        """Choose the lane count of partitions seen for the first time (since assigned),
+        from the keys of their first records, once: a key must keep its lane.
+
+        Keys that do not repeat (a topic keyed by record, or by far more accounts than a
+        poll holds) need no lanes to keep their order, and many lanes make calls smaller:
+        a call merges idle lanes, 100 unique keys touch about 70 of 128 lanes, those stay
+        busy while it is sent, and with three calls in flight per partition no lane is
+        left idle, so calls wait for the linger part full. bench, distinct keys, 200 ms,
+        100 calls/s: 128 lanes 7,582-7,823 records/s (87.5 a call), 16 lanes 9,075
+        (98.9 a call). Keys that repeat keep the lanes that let them pass each other:
+        200 keys with 16 lanes 7,304, with 128 8,598-8,786."""
+        new = set(zip(topics, partitions, strict=True)).difference(self._lane_count)
+        if not new:
+            return
+        sample: dict[tuple[str, int], list[Any]] = {tp: [] for tp in new}
+        for tp, key in zip(zip(topics, partitions, strict=True), keys, strict=True):
+            if tp in sample:
+                sample[tp].append(key)
+        chosen: dict[int, list[str]] = {}
+        for (topic, partition), seen in sample.items():
+            unique = len(seen) >= UNIQUE_SAMPLE and len(set(seen)) >= UNIQUE_SHARE * len(seen)
+            count = UNIQUE_KEY_LANES if unique else self.lanes
+            self._lane_count[(topic, partition)] = count
+            chosen.setdefault(count, []).append(f"{topic}[{partition}]")
+        log.info(
+            "lanes per partition: %s",
+            "; ".join(f"{n} for {', '.join(sorted(tps))}" for n, tps in sorted(chosen.items())),
+        )
 
     def _order_keys(self, rids: Iterable[Any]) -> list[bytes | None]:
         """What a lane is chosen by under SINK_ORDER_BY=id: the id as text, so that 7 and
@@ -277,7 +333,7 @@ class Batcher:
         topics, partitions, keys, offs = _record_fields(records)
         if self.by_id:
             keys = iter(self._order_keys(rids))
-        lanes = list(map(self.lane_of, topics, partitions, keys, offs))
+        lanes = self._lanes_of(topics, partitions, keys, offs)
         for lane, picked in _split(lanes):
             part = [records[i] for i in picked] if isinstance(picked, list) else records[picked]
 
@@ -310,14 +366,11 @@ class Batcher:
                 start = run.stop
             return closed, []
         keys = self._order_keys(rids) if self.by_id else map(_MSG_KEY, msgs)
-        lanes: list[Lane] = list(
-            map(
-                self.lane_of,  # type: ignore[arg-type]  # consumed messages have all four
-                map(_MSG_TOPIC, msgs),
-                map(_MSG_PARTITION, msgs),
-                keys,
-                map(_MSG_OFFSET, msgs),
-            )
+        lanes = self._lanes_of(
+            map(_MSG_TOPIC, msgs),  # type: ignore[arg-type]  # consumed messages have all four
+            map(_MSG_PARTITION, msgs),  # type: ignore[arg-type]
+            keys,
+            map(_MSG_OFFSET, msgs),  # type: ignore[arg-type]
         )
         for lane, picked in _split(lanes):
             part = _pick(msgs, picked)
@@ -500,6 +553,7 @@ class Batcher:
         for tp in partitions:
             self._tp_records.pop(tp, None)
             self._by_tp.pop(tp, None)
+            self._lane_count.pop(tp, None)  # chosen again from the next owner's records
         return dropped
 
     def next_deadline(self) -> float | None:

@@ -37,7 +37,7 @@ _MSG_OFFSET = Message.offset
 log = logging.getLogger(__name__)
 
 # A partition whose first UNIQUE_SAMPLE records or more have UNIQUE_SHARE distinct keys
-# gets UNIQUE_KEY_LANES lanes (Batcher._learn_lanes).
+# gets UNIQUE_KEY_LANES lanes, or HTTP_MAX_IN_FLIGHT if more (Batcher._learn_lanes).
 UNIQUE_KEY_LANES = 16
 UNIQUE_SAMPLE = 50
 UNIQUE_SHARE = 0.95
@@ -152,6 +152,7 @@ class Batcher:
         order_by: str = "key",
         keys_span_groups: bool = False,
         adaptive_lanes: bool = False,
+        unique_key_lanes: int = UNIQUE_KEY_LANES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_records = max_records
@@ -165,7 +166,8 @@ class Batcher:
         self.by_id = order_by == "id" and lanes > 1
         # Each partition's lane count, chosen from its first records when the user set
         # none (SINK_KEY_LANES): see _learn_lanes.
-        self.adaptive = adaptive_lanes and lanes > UNIQUE_KEY_LANES and not self.by_id
+        self.unique_key_lanes = unique_key_lanes
+        self.adaptive = adaptive_lanes and lanes > unique_key_lanes and not self.by_id
         self._lane_count: dict[tuple[str, int], int] = {}
         # Attribute grouping puts one key's records in several groups of a lane: a batch
         # closing there closes the lane's older batches first, which hold earlier records.
@@ -192,6 +194,9 @@ class Batcher:
             order_by=s.order_by,
             keys_span_groups=s.batch_grouping == "attribute",
             adaptive_lanes=s.key_lanes is None,
+            # A lane has one call in flight: fewer lanes than calls allowed in flight
+            # would cap a topic of one partition below HTTP_MAX_IN_FLIGHT.
+            unique_key_lanes=max(UNIQUE_KEY_LANES, s.http_max_in_flight),
         )
 
     @property
@@ -246,7 +251,7 @@ class Batcher:
         chosen: dict[int, list[str]] = {}
         for (topic, partition), seen in sample.items():
             unique = len(seen) >= UNIQUE_SAMPLE and len(set(seen)) >= UNIQUE_SHARE * len(seen)
-            count = UNIQUE_KEY_LANES if unique else self.lanes
+            count = self.unique_key_lanes if unique else self.lanes
             self._lane_count[(topic, partition)] = count
             chosen.setdefault(count, []).append(f"{topic}[{partition}]")
         log.info(

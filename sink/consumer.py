@@ -101,6 +101,8 @@ class KafkaSource:
         # and the loop to give it to: one at a time, so none lands out of order.
         self._async_pending: asyncio.Future[None] | None = None
         self._asked_at = 0.0
+        self._overdue_told = False  # said once per commit: a probe that answers clears it
+        self._polled_at = time.monotonic()  # when the last poll returned
         self._loop: asyncio.AbstractEventLoop | None = None
         self.assignment: set[TP] = set()
         self.paused: set[TP] = set()
@@ -173,7 +175,11 @@ class KafkaSource:
                 self._polled = {(p.topic, p.partition): p.offset for p in got if p.offset >= 0}
             return msgs
 
+        gap = time.monotonic() - self._polled_at
+        if gap > 1.0:  # nothing polled meanwhile, so no answer could come: not counted
+            self._asked_at += gap
         polled: list[Message] = await self._call(poll)
+        self._polled_at = time.monotonic()
         self._check_overdue()
         if self.health is not None and self.health.down("kafka"):
             await self._probe()
@@ -254,13 +260,18 @@ class KafkaSource:
             raise _deferred("the previous commit still waits for the broker")
         loop = self._loop = asyncio.get_running_loop()
         answered: asyncio.Future[None] = loop.create_future()
-        self._async_pending = answered
-        try:
-            await self._call(self._consumer.commit, offsets=_tps(positions), asynchronous=True)
-        except KafkaException:  # refused before it was sent (no coordinator, bad offsets)
-            self._async_pending = None
-            raise
-        self._asked_at = time.monotonic()
+        answered.add_done_callback(_quiet)  # whoever asked may be gone (a stop)
+        self._async_pending, self._asked_at, self._overdue_told = answered, time.monotonic(), False
+
+        def ask() -> None:
+            try:
+                self._consumer.commit(offsets=_tps(positions), asynchronous=True)
+            except KafkaException as exc:  # refused before it was sent (no coordinator)
+                # Settled here, not by the caller, who may have been cancelled meanwhile.
+                loop.call_soon_threadsafe(_settle, answered, exc.args[0])
+                raise
+
+        await self._call(ask)
         return answered
 
     def _on_commit(self, err: KafkaError | None, parts: list[TopicPartition]) -> None:
@@ -274,23 +285,29 @@ class KafkaSource:
 
     def _check_overdue(self) -> None:
         """No answer within COMMIT_WAIT_S of polling says the broker is unreachable.
-        Judged at a poll, since only a poll brings the answer: a loop that stopped
-        polling (the stop, a revocation holding the Kafka thread) has not waited for it."""
+        Judged at a poll, and over the time spent polling, since only a poll brings the
+        answer: a loop that stopped polling for a while (deliveries drained at a stop, a
+        revocation holding the Kafka thread) has not waited for it meanwhile."""
         if (
             self.commit_pending()
             and time.monotonic() - self._asked_at > COMMIT_WAIT_S
             and self.health is not None
-            and not self.health.down("kafka")
+            and not self._overdue_told
         ):
+            self._overdue_told = True
             self.health.fail("kafka", f"an offset commit got no answer within {COMMIT_WAIT_S:g} s")
 
-    async def answer_pending(self, timeout_s: float = COMMIT_WAIT_S) -> None:
+    async def answer_pending(self, timeout_s: float) -> None:
         """At a stop, once the main loop has ended: poll, every partition paused, until the
         pending asynchronous commit has its answer. Whatever such a poll returns is
         dropped, never tracked, so no commit passes it (read again by the next owner);
         the main loop must not poll after this."""
-        if self.commit_pending() and not (self.health is not None and self.health.down("kafka")):
-            await self._poll_paused(self.commit_pending, timeout_s)
+
+        def waiting() -> bool:  # (no answer is coming soon from a broker that is away)
+            return self.commit_pending() and not (self.health and self.health.down("kafka"))
+
+        if waiting():
+            await self._poll_paused(waiting, min(timeout_s, COMMIT_WAIT_S))
 
     async def pause(self, tps: Iterable[TP]) -> None:
         todo = [tp for tp in tps if tp in self.assignment and tp not in self.paused]

@@ -158,7 +158,8 @@ async def shut_down(p: Pipeline, producer: AsyncProducer, clock: StopClock) -> b
     if p._fatal is None:
         # The main loop's last commit may still wait for its answer, which only a poll
         # brings: the final one waits for it, so the two land in order.
-        await within(p.source.answer_pending(), clock, "the last commit's answer")
+        # Half of what is left at most: the final commit and the clients' close need theirs.
+        await within(p.source.answer_pending(clock.left() / 2), clock, "the last commit's answer")
         if not await within(p.commit(), clock, "the final offset commit"):
             clean = False
         elif any(tp in p.source.assignment for tp in p.tracker.committable()):

@@ -14,10 +14,10 @@ from tests.unit.test_config import BASE
 from tests.unit.test_dispatch import HeldDelivery, msgs, settle
 
 
-def batcher(adaptive: bool = True, batch_size: int = 100) -> Batcher:
+def batcher(adaptive: bool = True, batch_size: int = 100, unique: int = 16) -> Batcher:
     return Batcher(
         max_records=batch_size, max_bytes=10_000_000, linger_s=60.0, group_of=None,
-        lanes=128, adaptive_lanes=adaptive,
+        lanes=128, adaptive_lanes=adaptive, unique_key_lanes=unique,
     )  # fmt: skip
 
 
@@ -43,6 +43,27 @@ def test_without_the_choice_every_partition_has_the_set_count() -> None:
     # SINK_KEY_LANES set by the user: the count is theirs, everywhere.
     assert not Batcher.for_settings(Settings(**BASE, SINK_KEY_LANES="64")).adaptive
     assert Batcher.for_settings(Settings(**BASE)).adaptive
+
+
+def test_unique_keys_get_at_least_as_many_lanes_as_calls_in_flight() -> None:
+    """A lane has one call in flight: with fewer lanes, a topic of one partition could
+    not use HTTP_MAX_IN_FLIGHT."""
+    assert Batcher.for_settings(Settings(**BASE)).unique_key_lanes == 32  # the default
+    assert Batcher.for_settings(Settings(**BASE, HTTP_MAX_IN_FLIGHT="8")).unique_key_lanes == 16
+
+
+async def test_one_partition_of_unique_keys_fills_every_call_slot() -> None:
+    b = batcher(batch_size=2, unique=32)
+    held = HeldDelivery()
+    limit = ConcurrencyLimit(32)
+    limit.current = 32
+    flow = Dispatcher(b, limit, Pace(1e6), held.deliver, lambda x: None, lambda x, t: None)
+    part = msgs([(i, f"opp-{i}") for i in range(400)])
+    closed, _ = b.add_messages(part, [str(i) for i in range(400)])
+    flow.add(closed)
+    flow.pump()
+    await settle()
+    assert held.in_flight == 32
 
 
 def test_too_few_first_records_to_tell_keep_the_default_for_good() -> None:

@@ -359,6 +359,15 @@ class KafkaSource:
         """The partition's end offset as of the last poll (no call into the client)."""
         return self._highs.get(tp)
 
+    def read_to_end(self, tp: TP, consumed_to: int, strict: bool = False) -> bool:
+        """Whether ``tp`` is read to its end as of the last poll: ``consumed_to`` (one
+        past the highest offset handled) or its position reaches its end offset. An end
+        not fetched yet counts as reached, unless ``strict``."""
+        high = self._highs.get(tp)
+        if high is None:
+            return not strict
+        return high <= 0 or max(consumed_to, self.positions.get(tp, -1)) >= high
+
     async def end_offsets(self, tps: list[TP]) -> dict[TP, tuple[int, int]]:
         def query() -> dict[TP, tuple[int, int]]:
             out: dict[TP, tuple[int, int]] = {}

@@ -118,15 +118,7 @@ class LastBatch:
         for tp in self._assigned():
             if topics is not None and tp[0] not in topics:
                 continue
-            high = self.source.cached_high_watermark(tp)
-            if high is None:
-                if strict:
-                    return False
-                continue
-            if high <= 0:
-                continue
-            read = max(self.tracker.consumed_to(tp), self.source.positions.get(tp, -1))
-            if read < high:
+            if not self.source.read_to_end(tp, self.tracker.consumed_to(tp), strict):
                 return False
         flow = self.flow
         if topics is None:

@@ -238,10 +238,23 @@ class Pipeline:
         """Every assigned partition is consumed to its end, resolved and committed."""
         assert self.committer is not None
         if self.flow.waiting_work() or self.in_flight or self.rejects.tasks:
-            self.flow.flushing = True  # caught up: what lingers goes now
-            self.flow.pump()
+            if self._read_all():  # caught up: what lingers goes now
+                self.flow.flushing = True
+                self.flow.pump()
             return False
         return await self.committer.all_committed()
+
+    def _read_all(self) -> bool:
+        """After an empty poll: every partition read to its end. A paused one only if its
+        end offset says so: backpressure pausing every partition also empties a poll, and
+        flushing then cut calls of 1-40 records while thousands waited (106 of 2,071
+        calls in bench uniform200-200ms-limit100)."""
+        source, tracker = self.source, self.tracker
+        assert source is not None
+        return all(
+            source.read_to_end(tp, tracker.consumed_to(tp), strict=True)
+            for tp in source.paused & source.assignment
+        )
 
     def _set_rate(self, rate: float) -> None:
         self.pace.set_rate(rate)

@@ -31,6 +31,9 @@ class FakeSource:
     def cached_high_watermark(self, tp: tuple[str, int]) -> int | None:
         return max(0, self.tracker.consumed_to(tp))
 
+    def read_to_end(self, tp: tuple[str, int], consumed_to: int, strict: bool = False) -> bool:
+        return True
+
 
 class Api:
     def __init__(self) -> None:

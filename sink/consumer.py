@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import threading
 import time
@@ -28,6 +27,7 @@ from confluent_kafka import (
 from sink import kafka_config
 from sink.config import Settings
 from sink.health import Health
+from sink.offset_commits import COMMIT_WAIT_S, Commits
 
 log = logging.getLogger(__name__)
 TP = tuple[str, int]
@@ -37,7 +37,6 @@ TP = tuple[str, int]
 UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
 RebalanceHook = Callable[[list[TP]], None]
 PROBE_EVERY_S = 2.0
-COMMIT_WAIT_S = 5.0
 PROBE_TIMEOUT_S = 1.0
 
 
@@ -94,16 +93,11 @@ class KafkaSource:
         self._next_probe = 0.0
         self.cooperative = settings.kafka_assignment_strategy == "cooperative-sticky"
         conf = consumer_config(settings, error_cb)
-        self._consumer = Consumer({**conf, "on_commit": self._on_commit})
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka")
-        self._commit_pending: asyncio.Future[None] | None = None  # a synchronous one
-        # The asynchronous commit waiting for its answer (on_commit, served by consume()),
-        # and the loop to give it to: one at a time, so none lands out of order.
-        self._async_pending: asyncio.Future[None] | None = None
-        self._asked_at = 0.0
-        self._overdue_told = False  # said once per commit: a probe that answers clears it
+        self.commits = Commits(self._call, health)
+        self._consumer = Consumer({**conf, "on_commit": self.commits.on_commit})
+        self.commits.consumer = self._consumer
         self._polled_at = time.monotonic()  # when the last poll returned
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.assignment: set[TP] = set()
         self.paused: set[TP] = set()
         self.pause_new = False  # pause partitions as soon as they are assigned (inactive)
@@ -176,18 +170,16 @@ class KafkaSource:
             return msgs
 
         gap = time.monotonic() - self._polled_at
-        if gap > 1.0:  # nothing polled meanwhile, so no answer could come: not counted
-            self._asked_at += gap
         polled: list[Message] = await self._call(poll)
         self._polled_at = time.monotonic()
-        self._check_overdue()
+        self.commits.polled(gap)  # a commit's answer comes with a poll
         if self.health is not None and self.health.down("kafka"):
             await self._probe()
         return polled
 
     def commit_pending(self) -> bool:
         """An asynchronous commit still waits for its answer."""
-        return _waiting(self._async_pending)
+        return self.commits.pending()
 
     def settle_positions(self) -> None:
         """The positions as of the last poll count from now: its messages are handled.
@@ -212,90 +204,16 @@ class KafkaSource:
 
     def commit_now(self, positions: dict[TP, int]) -> None:
         """Synchronous commit, for the kafka thread itself (rebalance callbacks)."""
-        if positions:
-            self._consumer.commit(offsets=_tps(positions), asynchronous=False)
+        self.commits.now(positions)
 
     async def commit(self, positions: dict[TP, int]) -> None:
-        """Commit ``positions``, waiting COMMIT_WAIT_S at most (KafkaException if not
-        done by then: the caller commits again later).
-
-        A synchronous commit waits for the group coordinator as long as it takes (45 s
-        here, the session timeout, when the broker stopped under it), and every consumer
-        call waits behind it, from any thread: consume(), and with it the error callback
-        that tells the broker is gone. So a commit that gets no answer in time says the
-        broker is unreachable (on /readyz and in the log, at once), and no other is
-        tried until the broker answers again (see _probe). Offsets only grow, and a
-        commit still waiting keeps the next from being issued: none lands out of order."""
-        if self.health is not None and self.health.down("kafka"):
-            raise _deferred("the broker is unreachable")
-        if _waiting(self._commit_pending) or self.commit_pending():
-            # One at a time: librdkafka retries a commit that failed on the way (after a
-            # transport error, say), so a later one could land first and be undone.
-            raise _deferred("the previous commit still waits for the broker")
-        pending = asyncio.ensure_future(self._call(self.commit_now, positions))
-        self._commit_pending = pending
-        pending.add_done_callback(_quiet)  # its outcome may come after it was given up
-        try:
-            await asyncio.wait_for(asyncio.shield(pending), COMMIT_WAIT_S)
-        except TimeoutError:
-            why = f"an offset commit got no answer within {COMMIT_WAIT_S:g} s"
-            if self.health is not None:
-                self.health.fail("kafka", why)
-            raise _deferred(why) from None
+        """Commit ``positions``, waiting COMMIT_WAIT_S at most (sink/offset_commits.py)."""
+        await self.commits.commit(positions)
 
     async def commit_async(self, positions: dict[TP, int]) -> asyncio.Future[None]:
-        """Ask for a commit of ``positions`` and return at once, with a future that the
-        broker's answer settles (KafkaException if it failed: commit again later).
-
-        The main loop commits this way. A synchronous commit held the Kafka thread, and
-        with it every poll, until the coordinator answered: 2 s when it landed in the
-        second round of a cooperative rebalance (ILLEGAL_GENERATION), up to the session
-        timeout when the broker had just gone. The answer comes through ``on_commit``,
-        which consume() serves. No answer within COMMIT_WAIT_S says the broker is
-        unreachable, as for a synchronous commit; the next commit waits for this one's
-        answer, whatever it is, so offsets never go back."""
-        if self.health is not None and self.health.down("kafka"):
-            raise _deferred("the broker is unreachable")
-        if _waiting(self._async_pending) or _waiting(self._commit_pending):
-            raise _deferred("the previous commit still waits for the broker")
-        loop = self._loop = asyncio.get_running_loop()
-        answered: asyncio.Future[None] = loop.create_future()
-        answered.add_done_callback(_quiet)  # whoever asked may be gone (a stop)
-        self._async_pending, self._asked_at, self._overdue_told = answered, time.monotonic(), False
-
-        def ask() -> None:
-            try:
-                self._consumer.commit(offsets=_tps(positions), asynchronous=True)
-            except KafkaException as exc:  # refused before it was sent (no coordinator)
-                # Settled here, not by the caller, who may have been cancelled meanwhile.
-                loop.call_soon_threadsafe(_settle, answered, exc.args[0])
-                raise
-
-        await self._call(ask)
-        return answered
-
-    def _on_commit(self, err: KafkaError | None, parts: list[TopicPartition]) -> None:
-        """librdkafka's answer to an asynchronous commit (on the Kafka thread)."""
-        answered, loop = self._async_pending, self._loop
-        if answered is None or loop is None:
-            return
-        failed = err or next((p.error for p in parts or () if p.error is not None), None)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the process ends
-            loop.call_soon_threadsafe(_settle, answered, failed)
-
-    def _check_overdue(self) -> None:
-        """No answer within COMMIT_WAIT_S of polling says the broker is unreachable.
-        Judged at a poll, and over the time spent polling, since only a poll brings the
-        answer: a loop that stopped polling for a while (deliveries drained at a stop, a
-        revocation holding the Kafka thread) has not waited for it meanwhile."""
-        if (
-            self.commit_pending()
-            and time.monotonic() - self._asked_at > COMMIT_WAIT_S
-            and self.health is not None
-            and not self._overdue_told
-        ):
-            self._overdue_told = True
-            self.health.fail("kafka", f"an offset commit got no answer within {COMMIT_WAIT_S:g} s")
+        """Ask for a commit of ``positions``; the future settles with the broker's answer,
+        which consume() serves (sink/offset_commits.py)."""
+        return await self.commits.ask(positions)
 
     async def answer_pending(self, timeout_s: float) -> None:
         """At a stop, once the main loop has ended: poll, every partition paused, until the
@@ -449,34 +367,6 @@ class KafkaSource:
                 consumer.consume(100, 0.1)  # serves the revocation
         except KafkaException as exc:
             log.warning("leaving the consumer group before closing: %s", exc)
-
-
-def _quiet(done: asyncio.Future[None]) -> None:
-    """Retrieve the outcome of a commit no one waits for any more (asyncio would log it
-    as never retrieved); committing again later covers it."""
-    if not done.cancelled() and (exc := done.exception()) is not None:
-        log.debug("a commit given up ended: %s", exc)
-
-
-def _waiting(commit: asyncio.Future[None] | None) -> bool:
-    return commit is not None and not commit.done()
-
-
-def _settle(answered: asyncio.Future[None], failed: KafkaError | None) -> None:
-    if answered.done():
-        return
-    if failed is None:
-        answered.set_result(None)
-    else:
-        answered.set_exception(KafkaException(failed))
-
-
-def _deferred(why: str) -> KafkaException:
-    return KafkaException(KafkaError(KafkaError._TRANSPORT, f"commit deferred: {why}"))
-
-
-def _tps(positions: dict[TP, int]) -> list[TopicPartition]:
-    return [TopicPartition(t, p, off) for (t, p), off in positions.items()]
 
 
 __all__ = ["KafkaSource", "Message", "consumer_config"]

@@ -25,8 +25,9 @@ from confluent_kafka import KafkaException
 from devkit import kafka_local
 from devkit.kafka_local import Broker, free_port
 from sink.config import load_settings
-from sink.consumer import COMMIT_WAIT_S, KafkaSource
+from sink.consumer import KafkaSource
 from sink.health import Health
+from sink.offset_commits import COMMIT_WAIT_S
 from tests.delivery_check import check, ids, keyed
 from tests.support import (
     Emulator,

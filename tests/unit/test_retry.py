@@ -88,14 +88,15 @@ async def test_rate_limiter_spaces_calls_evenly() -> None:
         await limiter.acquire()
         stamps.append(time.monotonic())
     spacing = RateLimiter.MARGIN / 200
-    # Never a burst: a late call may be followed at once, but no three within a spacing.
-    assert all(c - a >= spacing - 0.001 for a, c in zip(stamps, stamps[2:], strict=False))
+    # Never a burst: a late call may be followed by two at once (CATCH_UP), but no four
+    # go within a spacing.
+    assert all(d - a >= spacing - 0.001 for a, d in zip(stamps, stamps[3:], strict=False))
     assert stamps[-1] - stamps[0] < 60 * RateLimiter.MARGIN / 200 + 0.1  # no slower than the pace
 
 
 def test_late_calls_keep_the_schedule_and_no_second_holds_more_than_the_rate() -> None:
     """Calls let through late (a busy event loop) keep their schedule instead of
-    restarting it, yet no sliding second ever holds more than rate / MARGIN + 2 calls."""
+    restarting it, yet no sliding second ever holds more than rate / MARGIN + 3 calls."""
     import random
 
     from sink.http_client import RateLimiter, next_slot
@@ -105,7 +106,7 @@ def test_late_calls_keep_the_schedule_and_no_second_holds_more_than_the_rate() -
     scheduled, stamps = 0.0, []
     for _ in range(2_000):
         # Timers fire late, now and then by most of a spacing (the bench machine).
-        now = scheduled + rng.choice([0.0, 0.001, 0.002, 0.003, 0.004, 0.008, 0.01])
+        now = scheduled + rng.choice([0.0, 0.001, 0.002, 0.003, 0.004, 0.008, 0.01, 0.02])
         stamps.append(now)
         scheduled = next_slot(scheduled, now, spacing)
     rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
@@ -114,4 +115,4 @@ def test_late_calls_keep_the_schedule_and_no_second_holds_more_than_the_rate() -
     for i, t in enumerate(stamps):
         while stamps[j] <= t - 1.0:
             j += 1
-        assert i - j + 1 <= 100 / RateLimiter.MARGIN + 2
+        assert i - j + 1 <= 100 / RateLimiter.MARGIN + 3

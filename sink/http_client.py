@@ -47,15 +47,16 @@ class RateLimiter:
     MARGIN = 1.05
     # A call let through late (the event loop was busy: its timers fire 2-3 ms late under
     # load, and 5-30 ms late one time in six on the 2-core bench machine) keeps the
-    # schedule if it is late by at most one spacing, so the lateness is not lost: with
-    # the schedule restarted at every late call, 100 calls/s became 79 at 200 ms a call
-    # (bench uniform200-200ms-limit100); catching up half a spacing gave 8,376-8,454
+    # schedule if it is late by at most CATCH_UP spacings, so the lateness is not lost:
+    # with the schedule restarted at every late call, 100 calls/s became 79 at 200 ms a
+    # call (bench uniform200-200ms-limit100); catching up half a spacing gave 8,376-8,454
     # records/s in three runs, a whole one 8,778-8,819 (Pace uses it too: two layers
     # lose twice), two spacings 9,010-9,066 (and distinct keys 9,032-9,054, against
     # 8,777-8,907; A/B, two runs each, 0-2 429s either way). The intake of a poll holds
     # the loop 10-20 ms (1,000 records), and backpressure's refills come in bursts of
-    # such polls. Three calls may then go back to back, and any second still holds at
-    # most rate / MARGIN + 3 calls (98 of 100).
+    # such polls. Calls then go back to back, so a second may hold rate / MARGIN + the
+    # spacings caught up + 1: the catch-up is cut where that would pass the rate (a
+    # member's share of 33 calls/s catches up one spacing, not two; see catch_up()).
     CATCH_UP = 2.0
 
     def __init__(self, rate: float) -> None:
@@ -75,9 +76,16 @@ class RateLimiter:
             self._next = next_slot(self._next, time.monotonic(), self.spacing_s)
 
 
+def catch_up(spacing_s: float) -> float:
+    """Spacings a late call may catch up at this pace: CATCH_UP, or fewer where the
+    margin (rate - rate / MARGIN calls a second) holds fewer extra calls, one at least."""
+    room = (RateLimiter.MARGIN - 1) / spacing_s - 1  # extra calls a second, less the late one
+    return min(RateLimiter.CATCH_UP, max(1.0, room))
+
+
 def next_slot(scheduled: float, now: float, spacing_s: float) -> float:
     """When the call after one let through ``now`` may go (see RateLimiter.CATCH_UP)."""
-    return max(scheduled, now - spacing_s * RateLimiter.CATCH_UP) + spacing_s
+    return max(scheduled, now - spacing_s * catch_up(spacing_s)) + spacing_s
 
 
 class HttpClient:

@@ -32,7 +32,7 @@ from sink.metrics import Metrics
 from sink.offsets import OffsetTracker
 from sink.producer import AsyncProducer
 from sink.rate_share import RateShare
-from sink.rebalance import Rebalance
+from sink.rebalance import Rebalance, revoke_wait_s
 from sink.records import Batch
 from sink.rejects import Rejects
 from sink.replay import Replayer, ReplayError
@@ -139,7 +139,7 @@ class Pipeline:
             )  # fmt: skip
             self.rebalance = Rebalance(
                 self.source, self._loop, self.tracker, self.batcher, self.flow, self.rejects,
-                self.rate, s.shutdown_timeout_s,
+                self.rate, revoke_wait_s(s),
             )  # fmt: skip
             self.rebalance.subscribe()
             log.info(

@@ -3,9 +3,9 @@
 Clari allows 100 calls per second per token, whatever the number of replicas using it.
 With HTTP_RATE_SHARING=partitions each member takes the part of HTTP_RATE_LIMIT that its
 assigned partitions are of all the subscribed topics' partitions, recomputed on every
-rebalance. Shares are lowered as soon as partitions are revoked (before another member
-can take them up) and raised once they are assigned, so the members' sum never passes
-the token's rate, even during a rebalance.
+rebalance. Shares are lowered when a revocation ends, before another member can take
+the partitions up (sink/rebalance.py), and raised once they are assigned, so the
+members' sum never passes the token's rate, even during a rebalance.
 """
 
 from __future__ import annotations

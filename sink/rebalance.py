@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 
 from sink.batching import Batcher
+from sink.config import Settings
 from sink.consumer import TP, KafkaSource
 from sink.flow import Dispatcher
 from sink.offsets import OffsetTracker
@@ -114,6 +115,14 @@ class Rebalance:
         await asyncio.gather(*touching, return_exceptions=True)
         for task in [t for t in self.rejects.tasks if not t.done()]:
             await asyncio.wait([task], timeout=5)
+
+
+def revoke_wait_s(s: Settings) -> float:
+    """How long a revocation may send what it holds: SINK_SHUTDOWN_TIMEOUT_S, within half
+    the poll interval. The callback runs inside a poll, keeping its whole rate share; a
+    member that stays in it past KAFKA_MAX_POLL_INTERVAL_MS is put out of the group, and
+    others would take its partitions while it still sends them."""
+    return min(s.shutdown_timeout_s, s.kafka_max_poll_interval_ms / 2_000)
 
 
 def _fmt(tps: Iterable[TP]) -> str:

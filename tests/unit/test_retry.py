@@ -116,3 +116,25 @@ def test_late_calls_keep_the_schedule_and_no_second_holds_more_than_the_rate() -
         while stamps[j] <= t - 1.0:
             j += 1
         assert i - j + 1 <= 100 / RateLimiter.MARGIN + 3
+
+
+@pytest.mark.parametrize("rate", [100 / 3, 25.0, 50.0])
+def test_a_members_small_share_is_never_passed_by_catching_up(rate: float) -> None:
+    """Three members share 100 calls/s: 33.3 each. Catching up two spacings let a second
+    hold 34 of one member's calls; the catch-up is cut to what the margin holds."""
+    import random
+
+    from sink.http_client import RateLimiter, next_slot
+
+    rng = random.Random(5)
+    spacing = RateLimiter.MARGIN / rate
+    scheduled, stamps = 0.0, []
+    for _ in range(1_000):
+        now = scheduled + rng.choice([0.0, 0.0, 0.001, spacing, 3 * spacing])
+        stamps.append(now)
+        scheduled = next_slot(scheduled, now, spacing)
+    j = 0
+    for i, t in enumerate(stamps):
+        while stamps[j] <= t - 1.0:
+            j += 1
+        assert i - j + 1 <= rate

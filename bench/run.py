@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
-from bench import keys, matrix
+from bench import ceiling, keys, matrix
 from bench.procs import RESULTS, Emulator, Sink, sink_env
 from devkit import kafka_local
 from devkit.sample_data import crm_record
@@ -420,6 +420,8 @@ def plan(scenarios: list[matrix.Scenario], args: argparse.Namespace) -> tuple[li
             loaded.add((sc.distribution, n))
             total += 5 + n * LOAD_S_PER_RECORD
         sink_s = 0 if args.no_sink else SINK_OVERHEAD_S + n / sc.expected_rate()
+        if sc.ceiling and not args.no_sink:
+            sink_s += ceiling.SECONDS + 3  # the bare client, and its emulator's start
         peer_s = PEER_OVERHEAD_S + n / peer_rate(sc, n, args.partitions)
         with_peer = sc.peer and not args.no_peer
         total += sink_s + (peer_s if with_peer else 0)

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench import keys, matrix
+from bench import ceiling, keys, matrix
 from bench.run import main as bench_main
 
 
@@ -66,6 +66,17 @@ def test_the_full_matrix_fits_its_time_budget(capsys: pytest.CaptureFixture[str]
     assert bench_main(["--plan"]) == 0
     minutes = int(capsys.readouterr().out.rsplit("about ", 1)[1].split()[0])
     assert 20 <= minutes <= 40
+
+
+def test_the_bare_client_keeps_its_calls_in_flight_and_never_beats_the_latency() -> None:
+    # The ceiling the 8-in-flight target is read against: 4 calls at a time for 1.5 s
+    # against an emulator answering after 50 ms can make at most 4 / 0.05 = 80 calls/s,
+    # and one call at a time at most 20.
+    bare = ceiling.bare_client(latency_ms=50, in_flight=4, record_bytes=500, seconds=1.5)
+    assert bare["call_ms_mean"] >= 50
+    assert 25 <= bare["calls_per_s"] <= 80
+    assert bare["records_per_s"] == round(bare["calls_per_s"] * 100)
+    assert [s.name for s in matrix.matrix() if s.ceiling] == ["uniform200-50ms-inflight8"]
 
 
 @pytest.mark.integration

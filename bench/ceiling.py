@@ -54,13 +54,15 @@ async def _post_for(
 
 async def _measure(
     base: str, in_flight: int, ready: list[list[bytes]], seconds: float
-) -> list[float]:
+) -> tuple[list[float], float]:
+    """Each call's seconds, and the seconds from the first call to the last answer."""
     url = f"{base}/v2/ingest/entity/account?mode=incremental"
     connector = aiohttp.TCPConnector(limit=in_flight)
     async with aiohttp.ClientSession(connector=connector) as session:
-        until = time.monotonic() + seconds
-        each = await asyncio.gather(*(_post_for(session, url, r, until) for r in ready))
-    return [t for took in each for t in took]
+        began = time.monotonic()
+        each = await asyncio.gather(*(_post_for(session, url, r, began + seconds) for r in ready))
+        elapsed = time.monotonic() - began
+    return [t for took in each for t in took], elapsed
 
 
 def bare_client(
@@ -71,10 +73,10 @@ def bare_client(
     ready = [bodies(4, record_bytes, first=k * 4 * BATCH) for k in range(in_flight)]
     emu = Emulator(latency_ms, LIFTED)
     try:
-        took = asyncio.run(_measure(emu.base, in_flight, ready, seconds))
+        took, elapsed = asyncio.run(_measure(emu.base, in_flight, ready, seconds))
     finally:
         emu.stop()
-    calls_per_s = len(took) / seconds
+    calls_per_s = len(took) / elapsed
     return {
         "in_flight": in_flight,
         "seconds": seconds,

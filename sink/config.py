@@ -408,6 +408,8 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     @field_validator(
+        "kafka_auto_offset_reset",
+        "kafka_value_format",
         "clari_template",
         "clari_is_last_batch",
         "clari_auth_style",

@@ -34,11 +34,40 @@ def test_every_setting_is_a_value_and_credentials_only_in_the_secret() -> None:
     assert config == every - SECRETS, (every - SECRETS) ^ config
 
 
+# What an install must say for itself (deploy/README.md's command sets the entity type).
+INSTALL = {
+    "CLARI_API_TOKEN": "t" * 20,
+    "CLARI_PARTNER_KEY": "p" * 20,
+    "CLARI_ENTITY_TYPE": "Account",
+}
+# Examples of the user's own cluster, not defaults.
+EXAMPLES = {"KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPICS"}
+
+
 def test_the_values_defaults_pass_the_sinks_own_checks() -> None:
     env = {k: str(v) for k, v in VALUES["config"].items() if v is not None}
-    settings = Settings(**env, CLARI_API_TOKEN="t" * 20, CLARI_PARTNER_KEY="p" * 20)  # type: ignore[arg-type]
+    settings = Settings(**env | INSTALL)
     assert settings.admin_port == 8080
     assert settings.http_rate_sharing == "partitions"
+
+
+def test_every_value_set_is_the_sinks_own_default() -> None:
+    # A value that is not the default changes the sink for everyone who installs the
+    # chart: "Incremental" and isLastBatch "true" made CLARI_MODE=Full end Clari's
+    # initial load at its first call, and SINK_NULL_VALUES refused the debezium envelope.
+    fields = {f.alias: name for name, f in Settings.model_fields.items()}
+    default = Settings(**INSTALL)
+    differ = {}
+    for alias, value in VALUES["config"].items():
+        if value is None or alias in EXAMPLES:
+            continue
+        name = fields[alias]
+        chosen = Settings(**INSTALL | {alias: str(value)})
+        # Set at all, SINK_NULL_VALUES is a choice the debezium envelope refuses.
+        explicit = name == "null_values"
+        if getattr(chosen, name) != getattr(default, name) or explicit:
+            differ[alias] = value
+    assert differ == {}, "set these to null or to the sink's default"
 
 
 def template(*sets: str) -> dict[str, dict[str, Any]]:

@@ -351,7 +351,7 @@ class Backpressure:
         for tp, held in unresolved.items():
             if held >= share:
                 self.full.add(tp)
-            elif held < share // 2:
+            elif held < max(1, share // 2):  # a share of 1: resumed once it holds none
                 self.full.discard(tp)
         self.full.intersection_update(unresolved)
         if nbytes >= self.max_bytes:

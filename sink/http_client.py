@@ -77,10 +77,11 @@ class RateLimiter:
 
 
 def catch_up(spacing_s: float) -> float:
-    """Spacings a late call may catch up at this pace: CATCH_UP, or fewer where the
-    margin (rate - rate / MARGIN calls a second) holds fewer extra calls, one at least."""
+    """Spacings a late call may catch up at this pace: CATCH_UP, or what the margin
+    (rate - rate / MARGIN calls a second) holds: 2 at 100 calls/s, 1.38 at 50, 0.59 at
+    33, none below 21 (at least one let a second hold 21 calls of a share of 20)."""
     room = (RateLimiter.MARGIN - 1) / spacing_s - 1  # extra calls a second, less the late one
-    return min(RateLimiter.CATCH_UP, max(1.0, room))
+    return min(RateLimiter.CATCH_UP, max(0.0, room))
 
 
 def next_slot(scheduled: float, now: float, spacing_s: float) -> float:

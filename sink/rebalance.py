@@ -21,6 +21,10 @@ from sink.rate_share import RateShare
 from sink.rejects import Rejects
 
 log = logging.getLogger(__name__)
+# A member whose topic metadata did not come (the broker busy or away) asks again this
+# often: until it knows the topics' partitions, it keeps its last share, the whole
+# HTTP_RATE_LIMIT on its first assignment.
+SHARE_RETRY_S = 2.0
 
 
 class Rebalance:
@@ -44,6 +48,7 @@ class Rebalance:
         self.rate = rate
         self.finish_timeout_s = finish_timeout_s
         self.share_stale = False
+        self._share_retry_at = 0.0
 
     def subscribe(self) -> None:
         self.source.subscribe(self.on_assign, self.on_revoke, self.on_lost)
@@ -54,13 +59,18 @@ class Rebalance:
         # a consumer call made inside a rebalance callback aborts the process
         # (confluent-kafka's CallState_get assertion, seen when a second member joined).
         self.share_stale = True
+        self._share_retry_at = 0.0
         self.rate.update(len(self.source.assignment), None)
 
     async def refresh_share(self) -> None:
-        """Recompute this member's rate share once the assignment changed."""
-        if self.share_stale:
-            self.share_stale = False
+        """Recompute this member's rate share once the assignment changed; until the
+        topics' metadata answers, ask again every SHARE_RETRY_S."""
+        if self.share_stale and time.monotonic() >= self._share_retry_at:
             total = await self.source.partitions_of_topics()
+            if total is None:
+                self._share_retry_at = time.monotonic() + SHARE_RETRY_S
+            else:
+                self.share_stale = False
             self.rate.update(len(self.source.assignment), total)
 
     def on_revoke(self, tps: list[TP]) -> None:

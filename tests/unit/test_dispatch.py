@@ -219,6 +219,14 @@ def test_backpressure_pauses_only_the_partition_over_its_share() -> None:
     assert bp.update({("t", 0): 1, ("t", 1): 1}, 20_000_000) == {("t", 0), ("t", 1)}
 
 
+def test_a_partition_with_a_share_of_one_record_resumes_once_it_holds_none() -> None:
+    # 100 records over 64 partitions: a share of 1, whose half is 0. It never resumed.
+    bp = Backpressure(max_records=100, max_bytes=10_000_000)
+    held = {("t", p): 0 for p in range(64)}
+    assert bp.update(held | {("t", 0): 1}, 0) == {("t", 0)}
+    assert bp.update(held, 0) == set()
+
+
 def test_attribute_grouping_lanes_work_with_groups() -> None:
     b = Batcher(max_records=2, max_bytes=10_000, linger_s=1.0, lanes=4,
                 group_of=grouping_function("key", None))  # fmt: skip

@@ -56,3 +56,35 @@ def test_a_429_slows_the_rate_for_a_while_and_429s_that_go_on_keep_slowing_it(
     now[0] += 20.0
     share.tick()
     assert applied[-1] == 100.0 and share.factor == 1.0
+
+
+def test_a_member_asks_again_for_the_partition_count_until_the_broker_answers() -> None:
+    # The metadata read failing once marked the share fresh, at the whole rate: six
+    # members would have made 600 calls/s until the next rebalance.
+    import asyncio
+    from typing import Any, cast
+
+    from sink import rebalance
+
+    class Source:
+        def __init__(self) -> None:
+            self.assignment = {("t", 0)}
+            self.answers: list[int | None] = [None, 6]
+
+        async def partitions_of_topics(self) -> int | None:
+            return self.answers.pop(0)
+
+    applied: list[float] = []
+    rate = RateShare(100.0, "partitions", applied.append)
+    member = rebalance.Rebalance(
+        cast(Any, Source()), cast(Any, None), cast(Any, None), cast(Any, None),
+        cast(Any, None), cast(Any, None), rate, 30.0,
+    )  # fmt: skip
+    member.share_stale = True
+    asyncio.run(member.refresh_share())
+    assert rate.current == 100.0 and member.share_stale  # nothing known yet: asks again
+    asyncio.run(member.refresh_share())
+    assert rate.current == 100.0  # not before SHARE_RETRY_S
+    member._share_retry_at = 0.0
+    asyncio.run(member.refresh_share())
+    assert round(rate.current, 2) == 16.67 and not member.share_stale

@@ -114,7 +114,7 @@ def test_late_calls_keep_the_schedule_and_no_second_holds_more_than_the_rate() -
     assert busiest_second(stamps) <= 100 / RateLimiter.MARGIN + 3
 
 
-@pytest.mark.parametrize("rate", [100 / 3, 25.0, 50.0])
+@pytest.mark.parametrize("rate", [100 / 3, 25.0, 50.0, 20.0, 100 / 6, 100 / 7, 100 / 12])
 def test_a_members_small_share_is_never_passed_by_catching_up(rate: float) -> None:
     """Three members share 100 calls/s: 33.3 each. Catching up two spacings let a second
     hold 34 of one member's calls; the catch-up is cut to what the margin holds."""

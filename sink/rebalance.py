@@ -123,8 +123,10 @@ class Rebalance:
         for task in touching:
             task.cancel()
         await asyncio.gather(*touching, return_exceptions=True)
-        for task in [t for t in self.rejects.tasks if not t.done()]:
-            await asyncio.wait([task], timeout=5)
+        # Dead letters on their way: 5 s for all of them together (one after the other,
+        # 5 s each, could outlast the rebalance's time).
+        if writing := [t for t in self.rejects.tasks if not t.done()]:
+            await asyncio.wait(writing, timeout=5)
 
 
 def revoke_wait_s(s: Settings) -> float:

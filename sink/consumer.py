@@ -103,9 +103,9 @@ class KafkaSource:
         self.pause_new = False  # pause partitions as soon as they are assigned (inactive)
         self.mid_rebalance = False
         self.partition_counts: dict[str, int] = {}  # as of the last partitions_of_topics()
-        # With keep_positions, each partition's next offset to read after the last poll
-        # whose messages the sink has handled (settle_positions); for sink/last_batch.py.
-        self.keep_positions = False
+        # Each assigned partition's next offset to read after the last poll whose messages
+        # the sink has handled (settle_positions): past transaction markers, which no poll
+        # returns (sink/offsets.py advance, sink/last_batch.py).
         self.positions: dict[TP, int] = {}
         self._polled: dict[TP, int] = {}
         # Each partition's end offset as of the last poll, read on the Kafka thread: a
@@ -163,10 +163,11 @@ class KafkaSource:
             msgs: list[Message] = self._consumer.consume(max_messages, timeout_s)
             if self.assignment:
                 self._highs = self._read_highs()
-            if self.keep_positions and self.assignment:
-                tps = [TopicPartition(*tp) for tp in self.assignment]
-                got = self._consumer.position(tps)
-                self._polled = {(p.topic, p.partition): p.offset for p in got if p.offset >= 0}
+            # Those of the partitions assigned now (a revoke runs inside consume()): a
+            # position of a partition given away must never be committed.
+            tps = [TopicPartition(*tp) for tp in self.assignment]
+            got = self._consumer.position(tps) if tps else []
+            self._polled = {(p.topic, p.partition): p.offset for p in got if p.offset >= 0}
             return msgs
 
         gap = time.monotonic() - self._polled_at

@@ -26,7 +26,7 @@ class _Partition:
     pending: list[int] = field(default_factory=list)
     head: int = 0
     done: set[int] = field(default_factory=set)  # resolved, but behind an unresolved one
-    high: int = -1  # one past the highest offset seen
+    high: int = -1  # one past the highest offset seen, or the consumer's position (advance)
     committed: int = -1  # last position handed to commit()
 
     def position(self) -> int:
@@ -50,6 +50,22 @@ class OffsetTracker:
             part = self._parts[tp] = _Partition()
         part.pending.extend(offsets)
         part.high = max(part.high, offsets[-1] + 1)
+
+    def advance(self, positions: dict[TP, int]) -> None:
+        """Move each partition's end to the consumer's position after a handled poll.
+
+        A read_committed consumer never receives a transaction's commit marker, nor the
+        records of an aborted one, yet they take offsets: on a topic written in
+        transactions the last record is not the partition's end. Without this, a
+        partition whose every record was resolved committed one short of its end for
+        ever: --until-drained never ended, and the lag never reached 0."""
+        parts = self._parts
+        for tp, pos in positions.items():
+            part = parts.get(tp)
+            if part is None:
+                part = parts[tp] = _Partition()  # only markers so far, or nothing at all
+            if pos > part.high:
+                part.high = pos
 
     def resolve(self, topic: str, partition: int, offset: int) -> None:
         self.resolve_many((topic, partition), (offset,))

@@ -127,7 +127,6 @@ class Pipeline:
         self.source = KafkaSource(self.s, on_error, self.health)
         self.committer = Committer(self.source, self.tracker, self.metrics, self.health)
         self.last_batch.source = self.source
-        self.source.keep_positions = self.last_batch.initial_load
         self.source.pause_new = not self.active
         s = self.s
         async with self.http as http:
@@ -172,6 +171,7 @@ class Pipeline:
             self.intake.handle(msgs)
             if len(msgs) == len(polled):  # not cut short by a stop while schemas were awaited
                 self.source.settle_positions()
+                self.tracker.advance(self.source.positions)  # past transaction markers
             if self._fatal is not None:
                 return
             self.flow.pump()

@@ -419,7 +419,7 @@ def plan(scenarios: list[matrix.Scenario], args: argparse.Namespace) -> tuple[li
         if (sc.distribution, n) not in loaded:
             loaded.add((sc.distribution, n))
             total += 5 + n * LOAD_S_PER_RECORD
-        sink_s = 0 if args.no_sink else SINK_OVERHEAD_S + n / sc.expected_rate()
+        sink_s = 0 if args.no_sink else SINK_OVERHEAD_S + n / sc.finish_rate()
         if sc.ceiling and not args.no_sink:
             sink_s += ceiling.SECONDS + 3  # the bare client, and its emulator's start
         peer_s = PEER_OVERHEAD_S + n / peer_rate(sc, n, args.partitions)

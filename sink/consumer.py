@@ -240,14 +240,14 @@ class KafkaSource:
             await self._call(self._consumer.resume, [TopicPartition(t, p) for t, p in todo])
             self.paused.difference_update(todo)
 
-    async def partitions_of_topics(self) -> int | None:
+    async def partitions_of_topics(self, timeout_s: float = 5.0) -> int | None:
         """How many partitions the subscribed topics have (what the whole group shares),
-        from the broker's metadata; None if it cannot say now. Never from a rebalance
-        callback: a consumer call made inside one aborts the process."""
+        from the broker's metadata; None if it cannot say within ``timeout_s``. Never
+        from a rebalance callback: a consumer call made inside one aborts the process."""
 
         def query() -> int | None:
             try:
-                topics = self._consumer.list_topics(timeout=5).topics
+                topics = self._consumer.list_topics(timeout=timeout_s).topics
             except KafkaException as exc:
                 away = self.health is not None and self.health.down("kafka")
                 log.log(

@@ -23,8 +23,11 @@ from sink.rejects import Rejects
 log = logging.getLogger(__name__)
 # A member whose topic metadata did not come (the broker busy or away) asks again this
 # often: until it knows the topics' partitions, it keeps its last share, the whole
-# HTTP_RATE_LIMIT on its first assignment.
+# HTTP_RATE_LIMIT on its first assignment. A retry waits less for the answer than the
+# first ask: the main loop waits for it, and through a broker outage it would turn only
+# once every 7 s.
 SHARE_RETRY_S = 2.0
+SHARE_RETRY_TIMEOUT_S = 1.0
 
 
 class Rebalance:
@@ -66,7 +69,8 @@ class Rebalance:
         """Recompute this member's rate share once the assignment changed; until the
         topics' metadata answers, ask again every SHARE_RETRY_S."""
         if self.share_stale and time.monotonic() >= self._share_retry_at:
-            total = await self.source.partitions_of_topics()
+            retry = self._share_retry_at > 0.0
+            total = await self.source.partitions_of_topics(SHARE_RETRY_TIMEOUT_S if retry else 5.0)
             if total is None:
                 self._share_retry_at = time.monotonic() + SHARE_RETRY_S
             else:

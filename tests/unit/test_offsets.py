@@ -74,3 +74,21 @@ def test_batches_resolved_in_any_order_match_a_plain_model() -> None:
             expected = min(unresolved) if unresolved else offsets[-1] + 1
             assert t.positions([("t", 0)]) == {("t", 0): expected}
             assert t.unresolved() == len(unresolved)
+
+
+def test_advance_moves_only_a_resolved_partitions_commit_to_the_consumers_position() -> None:
+    # A transaction's commit marker takes offset 5 after records 0-4 and is never polled:
+    # the consumer's position is 6.
+    t = OffsetTracker()
+    t.track_many(("t", 0), [0, 1, 2, 3, 4])
+    t.resolve_many(("t", 0), [0, 1])
+    t.advance({("t", 0): 6, ("t", 1): 40})
+    # Records 2-4 still wait: the commit stays at the first of them.
+    assert t.positions([("t", 0)]) == {("t", 0): 2}
+    t.resolve_many(("t", 0), [2, 3, 4])
+    assert t.positions([("t", 0)]) == {("t", 0): 6}  # past the marker
+    # A partition with nothing but markers (or nothing yet) commits where it stands.
+    assert t.positions([("t", 1)]) == {("t", 1): 40}
+    assert t.committable() == {("t", 0): 6, ("t", 1): 40}
+    t.advance({("t", 0): 3})  # an older position never moves the end back
+    assert t.consumed_to(("t", 0)) == 6 and t.unresolved() == 0

@@ -70,8 +70,10 @@ def test_a_member_asks_again_for_the_partition_count_until_the_broker_answers() 
         def __init__(self) -> None:
             self.assignment = {("t", 0)}
             self.answers: list[int | None] = [None, 6]
+            self.timeouts: list[float] = []
 
-        async def partitions_of_topics(self) -> int | None:
+        async def partitions_of_topics(self, timeout_s: float = 5.0) -> int | None:
+            self.timeouts.append(timeout_s)
             return self.answers.pop(0)
 
     applied: list[float] = []
@@ -85,6 +87,8 @@ def test_a_member_asks_again_for_the_partition_count_until_the_broker_answers() 
     assert rate.current == 100.0 and member.share_stale  # nothing known yet: asks again
     asyncio.run(member.refresh_share())
     assert rate.current == 100.0  # not before SHARE_RETRY_S
-    member._share_retry_at = 0.0
+    member._share_retry_at -= rebalance.SHARE_RETRY_S  # as if 2 s went by
     asyncio.run(member.refresh_share())
     assert round(rate.current, 2) == 16.67 and not member.share_stale
+    source = cast(Any, member.source)
+    assert source.timeouts == [5.0, rebalance.SHARE_RETRY_TIMEOUT_S]  # a retry waits less
